@@ -173,3 +173,30 @@ def test_flux_joint_attention(pack, gamma):
     assert (got_single - want_single).abs().max() <= TOL
     if gamma != 1.0:
         assert (plain_img - want_img).abs().max() > 1e-4
+
+
+def test_composes_with_an_existing_attention_override_and_reapplying_replaces(pack):
+    """A user's own override (e.g. a sage/flash patch) still runs, with the boosted queries; a second TMA on
+    the same model replaces the first instead of multiplying α twice."""
+    boost_mod = pack("samplers.attention_boost")
+    model = load_wan("wan2.1_t2v_1.3B_fp16.safetensors")
+    seen = []
+
+    def users_override(func, *args, **kwargs):
+        seen.append(args[0].norm().item())
+        return func(*args, **kwargs)
+    model.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = users_override
+    first = boost_mod.apply_attention_boost(model, "wan", boost_mod.BoostSchedule(factors=lambda u, i: (2.0, 1.0)))
+    second = boost_mod.apply_attention_boost(first, "wan", boost_mod.BoostSchedule(factors=lambda u, i: (1.5, 1.0)))
+    block = model.model.diffusion_model.blocks[0].cross_attn
+    forward = second.object_patches["diffusion_model.blocks.0.cross_attn.forward"]
+    options = {"optimized_attention_override": second.model_options["transformer_options"]["optimized_attention_override"],
+               boost_mod.STATE_KEY: boost_mod.Boost(text=1.5, image=1.0)}
+    torch.manual_seed(5)
+    x, ctx = torch.randn(1, 12, 128), torch.randn(1, 6, 128)
+    with torch.no_grad():
+        got = forward(x, ctx, transformer_options=options)
+        want = wan_cross_reference(block, x, ctx, 1.5)
+        q_norm = block.norm_q(block.q(x)).norm().item()
+    assert (got - want).abs().max() <= TOL
+    assert seen == [pytest.approx(1.5 * q_norm, rel=1e-5)]  # called once, with queries × 1.5 (not × 3)
