@@ -27,6 +27,13 @@ def schedule_table(sigmas: list[float], lambda_txt, lambda_img, schedule, txt_wi
     return rows
 
 
+def text_table(rows: list[dict]) -> str:
+    lines = ["step      sigma       u   alpha_txt  alpha_img"]
+    lines += [f"{r['step']:>4} {r['sigma']:>10.5f} {r['u']:>7.3f} {r['alpha_txt']:>11.4f} {r['alpha_img']:>10.4f}"
+              for r in rows]
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict]):
     """A small chart: α_txt (blue) and α_img (orange) against u, one dot per step."""
     import numpy as np
@@ -79,6 +86,7 @@ class TMASchedulePreview(io.ComfyNode):
                                        "default); without, u is the step fraction of this schedule."),
             ],
             outputs=[io.Image.Output(display_name="plot"), io.String.Output(display_name="table_json")],
+            is_output_node=True,
         )
 
     @classmethod
@@ -94,4 +102,4 @@ class TMASchedulePreview(io.ComfyNode):
         percent_to_sigma = model.get_model_object("model_sampling").percent_to_sigma if model is not None else None
         rows = schedule_table(values, lambda_txt, lambda_img, schedule, txt_window_end, img_window_start,
                               percent_to_sigma)
-        return io.NodeOutput(plot(rows), json.dumps(rows, indent=1))
+        return io.NodeOutput(plot(rows), json.dumps(rows, indent=1), ui={"text": [text_table(rows)]})

@@ -14,6 +14,16 @@ CONSTRAINTS=$ROOT/scripts/constraints.txt
 STAMP=$VENV/.unicascade-stamp
 want=$(cat scripts/setup_env.sh scripts/constraints.txt requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
 
+# Debian's chromium for the browser tests (Playwright drives it; it never downloads a browser)
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Debian's chromium for the browser tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "[setup] warning: chromium is missing; install it (apt-get install chromium) for the browser tests" >&2
+  fi
+fi
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -f "$COMFY/main.py" ]; then
   exit 0
 fi

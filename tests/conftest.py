@@ -81,6 +81,19 @@ def comfy_server(comfy_base):
     server.stop()
 
 
+ARTIFACTS = os.path.join(REPO, "test-artifacts")
+
+
+@pytest.fixture(scope="session")
+def comfy_page(comfy_server):
+    """The real frontend of the session's server in headless chromium."""
+    from harness.browser import ComfyPage
+
+    page = ComfyPage(comfy_server, os.path.join(ARTIFACTS, "screenshots")).start()
+    yield page
+    page.stop()
+
+
 @pytest.fixture
 def comfy(comfy_server, request):
     """The session's server, with a per-test output prefix and the trace cleared."""

@@ -19,3 +19,36 @@ class UniCascadeTestTinyTextEncoderLoader:
 
 
 NODE_CLASS_MAPPINGS = {"UniCascadeTestTinyTextEncoderLoader": UniCascadeTestTinyTextEncoderLoader}
+
+
+class UniCascadeTestDynamicInputs:
+    """Exercises the pack's js generically: a variable-length image group and widgets with validation rules.
+    Reports (as ui text, shown by the text panel) which inputs the backend received."""
+    MAX_IMAGES = 4
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "width": ("INT", {"default": 64, "min": 1, "max": 4096, "unicascade_rule": "multiple_of_16"}),
+                "length": ("INT", {"default": 33, "min": 1, "max": 1000, "unicascade_rule": "4n+1"}),
+            },
+            "optional": {f"image_{i}": ("IMAGE", {"unicascade_dynamic": "image"})
+                         for i in range(1, cls.MAX_IMAGES + 1)},
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "UniCascade tests"
+
+    def run(self, width, length, **images):
+        received = sorted(images, key=lambda k: int(k.split("_")[1]))
+        if not received:
+            raise ValueError("connect at least one image")
+        batch = images[received[0]]
+        report = "received: " + ", ".join(f"{k} {tuple(images[k].shape)}" for k in received)
+        return {"ui": {"text": [report]}, "result": (batch,)}
+
+
+NODE_CLASS_MAPPINGS["UniCascadeTestDynamicInputs"] = UniCascadeTestDynamicInputs
