@@ -21,6 +21,9 @@ NODE_MODULES = [
     "model_loaders.depth_anything",
     "nodes.depth_estimator",
     "nodes.mfm_condition",
+    "model_loaders.siglip",
+    "model_loaders.llm",
+    "nodes.pyramid_reflection",
 ]
 
 

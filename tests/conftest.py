@@ -18,6 +18,12 @@ from harness.paths import REPO, use_comfy_in_process  # noqa: E402
 
 PACK_MODULE = "unicascade_pack"
 
+# (module, function(base_dir)): more fixture models/inputs a capability needs in the server's base directory
+EXTRA_FIXTURE_WRITERS = [
+    ("harness.tiny_depth", "write_depth_fixtures"),
+    ("harness.tiny_reflection", "write_reflection_fixtures"),
+]
+
 
 @pytest.fixture(scope="session")
 def comfy_in_process():
@@ -50,6 +56,9 @@ def comfy_base(tmp_path_factory, comfy_in_process):
     base = str(tmp_path_factory.mktemp("comfy_base"))
     prepare_base_directory(base, [os.path.join(FIXTURE_NODES, "unicascade_test_fixtures")])
     write_fixture_models(os.path.join(base, "models"))
+    for module_name, function in EXTRA_FIXTURE_WRITERS:
+        if os.path.exists(os.path.join(TESTS, *module_name.split(".")) + ".py"):
+            getattr(importlib.import_module(module_name), function)(base)
     return base
 
 
