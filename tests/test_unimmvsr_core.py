@@ -1,0 +1,72 @@
+"""UniMMVSR's pure parts against independent recomputations: separated RoPE ranges (A.5.7), independent CFG with
+the reference guidance threshold (A.3 eq. 2–3), noise augmentation, and the tiling blend."""
+import pytest
+import torch
+
+from core.unimmvsr import augmentation, guidance, tiling
+from core.unimmvsr.reference_layout import ID_IMAGE, REFERENCE_VIDEO, layout
+
+
+def test_paper_rope_ranges():
+    # 77-frame target = 20 latent frames; 3 ID images; one 77-frame reference video (20 latent frames)
+    lay = layout(20, [1, 1, 1], [20])
+    assert lay.temporal_positions() == list(range(20)) + [20, 21, 22] + list(range(30, 50))
+    assert [(s.category, s.start, s.frames) for s in lay.spans] == [
+        (ID_IMAGE, 20, 1), (ID_IMAGE, 21, 1), (ID_IMAGE, 22, 1), (REFERENCE_VIDEO, 30, 20)]
+    assert lay.reference_frames == 23
+
+
+def test_each_reference_its_own_range_and_custom_starts():
+    lay = layout(5, [1, 1], [3, 2], id_start=8, video_start=12)
+    assert lay.temporal_positions() == [0, 1, 2, 3, 4, 8, 9, 12, 13, 14, 15, 16]
+
+
+@pytest.mark.parametrize("args", [
+    dict(target_frames=25, id_image_frames=[1]),                     # target 0..24 over IDs at 20
+    dict(target_frames=20, id_image_frames=[1] * 11, reference_video_frames=[5]),  # IDs 20..30 over 30
+    dict(target_frames=20, reference_video_frames=[5], video_start=18),
+])
+def test_overlapping_ranges_are_refused(args):
+    with pytest.raises(ValueError, match="RoPE ranges overlap"):
+        layout(**args)
+
+
+def test_independent_cfg_equation_and_threshold():
+    full, no_txt, no_ref = torch.tensor(2.0), torch.tensor(0.5), torch.tensor(1.25)
+    got = guidance.combine(full, no_txt, no_ref, 3.0, 1.0)
+    assert float(got) == pytest.approx(2.0 + 3.0 * 1.5 + 1.0 * 0.75)
+    assert float(guidance.combine(full, no_txt, None, 3.0, 0.0)) == pytest.approx(2.0 + 4.5)
+    scales = [guidance.reference_scale_at(i, 1.0, 15) for i in range(50)]
+    assert scales == [1.0] * 15 + [0.0] * 35
+    evals = [guidance.evaluations_per_step(i, 1.0, 15) for i in range(50)]
+    assert evals == [3] * 15 + [2] * 35 and sum(evals) == 115
+    assert guidance.evaluations_per_step(0, 1.0, 15, has_references=False) == 2
+    with pytest.raises(ValueError):
+        guidance.combine(full, no_txt, None, 3.0, 1.0)
+
+
+def test_noise_augmentation_is_the_forward_flow():
+    z = torch.ones(1, 4, 2, 3, 3)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(augmentation.augment(z, 600, g), 0.4 * z + 0.6 * noise)
+    assert torch.equal(augmentation.augment(z, 0), z)
+    with pytest.raises(ValueError):
+        augmentation.augment(z, 1200)
+
+
+def test_tiles_cover_with_equal_sizes_and_blend_exactly():
+    wins = tiling.windows(9, 50, 70, 5, 24, 24, 2, 8, 8)
+    assert {(w.t1 - w.t0, w.y1 - w.y0, w.x1 - w.x0) for w in wins} == {(5, 24, 24)}
+    assert tiling.starts(70, 24, 8) == [0, 16, 32, 46]
+    field = torch.randn(1, 2, 9, 50, 70)
+    blend = tiling.Blender(field.shape)
+    for w in wins:
+        blend.add(w, field[(slice(None), slice(None)) + w.slices()], tiling.weights(w, 9, 50, 70, 2, 8, 8))
+    assert torch.allclose(blend.result(), field, atol=1e-6)  # the same content everywhere → unchanged
+
+
+def test_feather_weights_ramp_only_at_shared_borders():
+    w = tiling.weights(tiling.Window(0, 1, 0, 24, 16, 40), 1, 50, 70, 0, 8, 8)
+    assert torch.all(w[0, :, -1] < 0.2) and torch.all(w[0, :, 0] < 0.2)   # both x borders shared
+    assert torch.all(w[0, 0, 10:14] == 1.0)  # top border is the frame edge: not feathered
