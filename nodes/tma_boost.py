@@ -46,8 +46,10 @@ class TemperatureModalityAlignment(io.ComfyNode):
                                        f"{DEFAULT_IMG_WINDOW_START}, range 0–0.99."),
                 io.Combo.Input("progress", options=list(PROGRESS_SOURCES), default=PROGRESS_SOURCES[0],
                                tooltip="How u is measured. 'global (from sigma)' (default): position in the whole "
-                                       "schedule, correct across split samplers, start/end steps and denoise<1. "
-                                       "'sampler steps': step index within each sampler call."),
+                                       "schedule, correct across split samplers, start/end steps and denoise<1; it "
+                                       "is the fraction of the model's timestep range, which equals the step "
+                                       "fraction for the 'simple'/'normal' schedulers (karras and exponential put "
+                                       "fewer steps early). 'sampler steps': step fraction of each sampler call."),
             ],
             outputs=[io.Model.Output(tooltip="A patched clone; the input model is unchanged.")],
         )
@@ -62,7 +64,7 @@ class TemperatureModalityAlignment(io.ComfyNode):
                 progress) -> io.NodeOutput:
         family = require_family(model, (WAN, FLUX), "TMA")
 
-        def factors(u: float, step_index: int) -> tuple[float, float]:
+        def factors(u: float) -> tuple[float, float]:
             return (alpha_txt(u, lambda_txt, schedule, txt_window_end),
                     alpha_img(u, lambda_img, schedule, img_window_start))
 

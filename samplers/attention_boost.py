@@ -5,72 +5,86 @@ How it reaches the logits, through patch points Wan and Flux honour (SPEC §5), 
 1. An APPLY_MODEL wrapper computes the boost once per model call from the call's own σ, so the conditional
    and unconditional batches of a step always share it, and stores it in ``transformer_options``.
 2. Wan: every text cross-attention module gets an object patch of ``forward`` that tags the options it passes
-   down as "cross-attention" (an I2V/FLF2V module makes two attention calls: CLIP-image keys first, then text
-   keys). Self-attention is never tagged, so it is never touched.
+   down as "cross-attention", with its image/text key counts (I2V/FLF2V modules make two attention calls: CLIP
+   image keys, then text keys). Self-attention is never tagged, so it is never touched. A ``forward`` patch
+   another pack put there first is wrapped, not replaced.
 3. ``optimized_attention_override`` scales the logits of tagged calls (core.attention.logit_scaling) and then
-   calls the previous override, if the user had one (e.g. a sage/flash attention patch), or the host's
-   attention function.
+   calls the override that was there before (another pack's sage/flash patch, say), or the host's attention.
+   Applying the boost again replaces the earlier boost and keeps whatever other overrides were added since.
+4. If a model call sets α ≠ 1 but no tagged attention call was scaled (another override that does not chain
+   replaced ours), the call fails with an error instead of silently doing nothing.
 """
 from __future__ import annotations
 
 import json
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from ..core.attention.logit_scaling import scale_all_logits, scale_image_to_text_logits
-from ..core.attention.progress import progress_from_schedule, progress_from_sigma, step_index_from_schedule
+from ..core.attention.progress import progress_from_schedule, progress_from_sigma
 from .model_families import FLUX, WAN
 
 WRAPPER_KEY = "unicascade_attention_boost"
 STATE_KEY = "unicascade_attention_boost_state"        # per model call: the boost in force
 CROSS_TAG_KEY = "unicascade_cross_attention_call"      # per Wan cross-attention module call
-PREVIOUS_OVERRIDE_KEY = "unicascade_attention_boost_previous_override"
 TRACE_ENV = "UNICASCADE_TRACE_FILE"                    # JSON lines of every model call's boost (debugging, tests)
+OURS = "_unicascade_boost_previous"                    # attribute marking our override / forward patches
 
 PROGRESS_SOURCES = ("global (from sigma)", "sampler steps")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Boost:
-    """The factors in force for one model call."""
+    """The factors in force for one model call, and how many attention calls they were applied to."""
     text: float
     image: float
     text_tokens: int | None = None   # joint attention only
+    applied: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.text != 1.0 or self.image != 1.0
 
 
 @dataclass(frozen=True)
 class BoostSchedule:
-    """Maps progress to factors: ``factors(u, step_index) -> (text, image)``."""
-    factors: Callable[[float, int], tuple[float, float]]
+    """Maps progress to factors: ``factors(u) -> (text, image)``."""
+    factors: Callable[[float], tuple[float, float]]
     progress_source: str = PROGRESS_SOURCES[0]
     label: str = "tma"
 
 
+@dataclass
 class _CrossAttentionCall:
-    """Counts the attention calls of one Wan cross-attention forward (I2V: image branch first, then text)."""
-    __slots__ = ("has_image_branch", "calls")
+    """One Wan cross-attention forward: its image and text key counts, and the calls seen so far."""
+    has_image_branch: bool
+    image_tokens: int | None
+    text_tokens: int | None
+    calls: int = field(default=0)
 
-    def __init__(self, has_image_branch: bool):
-        self.has_image_branch = has_image_branch
-        self.calls = 0
-
-    def next_is_image(self) -> bool:
-        is_image = self.has_image_branch and self.calls == 0
+    def is_image_call(self, keys: int) -> bool:
+        """By key count when image and text counts differ, else by order (core calls the image branch first)."""
         self.calls += 1
-        return is_image
+        if not self.has_image_branch:
+            return False
+        if self.image_tokens is not None and self.image_tokens != self.text_tokens:
+            return keys == self.image_tokens
+        return self.calls == 1
 
 
 class _ProgressCache:
-    """σ → u by bisection of ``percent_to_sigma``, memoised per model_sampling object."""
+    """σ → u by bisection of ``percent_to_sigma``, memoised by what defines the model's σ schedule."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._values: dict[tuple[int, float], float] = {}
+        self._values: dict[tuple, float] = {}
 
     def __call__(self, model_sampling, sigma: float) -> float:
-        key = (id(model_sampling), sigma)
+        key = (type(model_sampling).__name__, getattr(model_sampling, "shift", None),
+               getattr(model_sampling, "multiplier", None), float(model_sampling.sigma_max),
+               float(model_sampling.sigma_min), sigma)
         with self._lock:
             if key not in self._values:
                 if len(self._values) > 4096:
@@ -83,14 +97,19 @@ def _arg(args, kwargs, index: int, name: str):
     return args[index] if len(args) > index else kwargs.get(name)
 
 
-def _wan_cross_attention_forward(module, has_image_branch: bool):
-    forward = type(module).forward
+def _wan_cross_attention_forward(module, has_image_branch: bool, inner=None):
+    """A ``forward`` for one cross-attention module that tags the options it passes down; ``inner`` is a forward
+    patch another pack installed before us (called instead of the class's forward)."""
+    forward = inner if inner is not None else (lambda *a, **k: type(module).forward(module, *a, **k))
 
     def tagged_forward(x, context, *args, transformer_options=None, **kwargs):
         tagged = dict(transformer_options or {})
-        tagged[CROSS_TAG_KEY] = _CrossAttentionCall(has_image_branch)
-        return forward(module, x, context, *args, transformer_options=tagged, **kwargs)
+        image_tokens = kwargs.get("context_img_len")
+        tagged[CROSS_TAG_KEY] = _CrossAttentionCall(has_image_branch, image_tokens,
+                                                    context.shape[1] - (image_tokens or 0))
+        return forward(x, context, *args, transformer_options=tagged, **kwargs)
 
+    setattr(tagged_forward, OURS, inner)
     return tagged_forward
 
 
@@ -98,8 +117,9 @@ def apply_attention_boost(model, family: str, schedule: BoostSchedule):
     """A clone of ``model`` whose visual→text (and Wan I2V visual→image) logits follow ``schedule``."""
     m = model.clone()
     to = m.model_options.setdefault("transformer_options", {})
-    # Re-applying replaces an earlier boost instead of stacking on it.
-    previous = to.get(PREVIOUS_OVERRIDE_KEY, to.get("optimized_attention_override"))
+    current = to.get("optimized_attention_override")
+    # Re-applying replaces our earlier boost (its override unwraps to what it chained to).
+    previous = getattr(current, OURS) if hasattr(current, OURS) else current
     m.remove_wrappers_with_key("apply_model", WRAPPER_KEY)
     progress_cache = _ProgressCache()
     trace_path = os.environ.get(TRACE_ENV) or None
@@ -117,20 +137,24 @@ def apply_attention_boost(model, family: str, schedule: BoostSchedule):
             u = progress_from_schedule(sigma, step_sigmas.tolist())
         else:
             u = progress_cache(executor.class_obj.model_sampling, sigma)
-        step_index = step_index_from_schedule(sigma, step_sigmas.tolist()) if step_sigmas is not None else 0
-        text, image = schedule.factors(u, step_index)
+        text, image = schedule.factors(u)
         text_tokens = int(context.shape[1]) if (family == FLUX and context is not None) else None
-        options[STATE_KEY] = Boost(text=text, image=image, text_tokens=text_tokens)
+        boost = Boost(text=text, image=image, text_tokens=text_tokens)
+        options[STATE_KEY] = boost
         if trace_path:
-            record = {"schedule": schedule.label, "sigma": sigma, "u": u, "step_index": step_index,
-                      "alpha_txt": text, "alpha_img": image,
+            record = {"schedule": schedule.label, "sigma": sigma, "u": u, "alpha_txt": text, "alpha_img": image,
                       "cond_or_uncond": list(options.get("cond_or_uncond", []))}
             with trace_lock, open(trace_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         try:
-            return executor(*args, **kwargs)
+            out = executor(*args, **kwargs)
         finally:
             options.pop(STATE_KEY, None)
+        if boost.active and boost.applied == 0:
+            raise RuntimeError("the attention boost was set for this step but reached no attention call: another "
+                               "node replaced the attention override without chaining to it. Apply TMA/TACA after "
+                               "other attention patches.")
+        return out
 
     def call_next(func, *args, **kwargs):
         if previous is not None:
@@ -146,7 +170,8 @@ def apply_attention_boost(model, family: str, schedule: BoostSchedule):
             call = options.get(CROSS_TAG_KEY)
             if call is None:  # self-attention
                 return call_next(func, *args, **kwargs)
-            alpha = boost.image if call.next_is_image() else boost.text
+            alpha = boost.image if call.is_image_call(args[1].shape[1]) else boost.text
+            boost.applied += 1
 
             def run(q, k, v, *rest, **kw):
                 return call_next(func, q, k, v, *rest, **kw)
@@ -154,6 +179,7 @@ def apply_attention_boost(model, family: str, schedule: BoostSchedule):
         # FLUX joint attention: text tokens first in double and single blocks
         q, k, v, heads = args[0], args[1], args[2], args[3]
         mask = kwargs.pop("mask", None)
+        boost.applied += 1
 
         def run(q_, k_, v_, mask=None, **kw):
             return call_next(func, q_, k_, v_, heads, *args[4:], mask=mask, **kw)
@@ -162,9 +188,9 @@ def apply_attention_boost(model, family: str, schedule: BoostSchedule):
             heads_first=bool(kwargs.get("skip_reshape", False)), mask=mask,
             output_heads_first=bool(kwargs.get("skip_output_reshape", False)), **kwargs)
 
+    setattr(override, OURS, previous)
     m.add_wrapper_with_key("apply_model", WRAPPER_KEY, apply_model_wrapper)
     to["optimized_attention_override"] = override
-    to[PREVIOUS_OVERRIDE_KEY] = previous
 
     if family == WAN:
         from comfy.ldm.wan.model import WanI2VCrossAttention, WanT2VCrossAttention
@@ -172,9 +198,11 @@ def apply_attention_boost(model, family: str, schedule: BoostSchedule):
         patched = 0
         for name, module in dm.named_modules():
             if isinstance(module, (WanI2VCrossAttention, WanT2VCrossAttention)) and name:
-                has_image = isinstance(module, WanI2VCrossAttention)
-                m.add_object_patch(f"diffusion_model.{name}.forward",
-                                   _wan_cross_attention_forward(module, has_image))
+                key = f"diffusion_model.{name}.forward"
+                existing = m.object_patches.get(key)
+                inner = getattr(existing, OURS) if hasattr(existing, OURS) else existing
+                m.add_object_patch(key, _wan_cross_attention_forward(
+                    module, isinstance(module, WanI2VCrossAttention), inner))
                 patched += 1
         if patched == 0:
             raise ValueError("this Wan model has no text cross-attention modules to boost")

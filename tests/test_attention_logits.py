@@ -47,7 +47,7 @@ def wan_cross_reference(module, x, context, alpha_txt, alpha_img=None, img_len=N
 
 def patched(pack, model, family, text, image):
     boost_mod = pack("samplers.attention_boost")
-    schedule = boost_mod.BoostSchedule(factors=lambda u, i: (text, image))
+    schedule = boost_mod.BoostSchedule(factors=lambda u: (text, image))
     m = boost_mod.apply_attention_boost(model, family, schedule)
     options = {"optimized_attention_override": m.model_options["transformer_options"]["optimized_attention_override"],
                boost_mod.STATE_KEY: boost_mod.Boost(text=text, image=image)}
@@ -150,7 +150,7 @@ def test_flux_joint_attention(pack, gamma):
             super().__init__()
             self.diffusion_model = dm
     patcher = comfy.model_patcher.ModelPatcher(Holder(), torch.device("cpu"), torch.device("cpu"))
-    schedule = boost_mod.BoostSchedule(factors=lambda u, i: (gamma, 1.0))
+    schedule = boost_mod.BoostSchedule(factors=lambda u: (gamma, 1.0))
     m = boost_mod.apply_attention_boost(patcher, "flux", schedule)
     override = m.model_options["transformer_options"]["optimized_attention_override"]
     n_text, n_img = 5, 16
@@ -183,11 +183,11 @@ def test_composes_with_an_existing_attention_override_and_reapplying_replaces(pa
     seen = []
 
     def users_override(func, *args, **kwargs):
-        seen.append(args[0].norm().item())
+        seen.append(args[1].norm().item())
         return func(*args, **kwargs)
     model.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = users_override
-    first = boost_mod.apply_attention_boost(model, "wan", boost_mod.BoostSchedule(factors=lambda u, i: (2.0, 1.0)))
-    second = boost_mod.apply_attention_boost(first, "wan", boost_mod.BoostSchedule(factors=lambda u, i: (1.5, 1.0)))
+    first = boost_mod.apply_attention_boost(model, "wan", boost_mod.BoostSchedule(factors=lambda u: (2.0, 1.0)))
+    second = boost_mod.apply_attention_boost(first, "wan", boost_mod.BoostSchedule(factors=lambda u: (1.5, 1.0)))
     block = model.model.diffusion_model.blocks[0].cross_attn
     forward = second.object_patches["diffusion_model.blocks.0.cross_attn.forward"]
     options = {"optimized_attention_override": second.model_options["transformer_options"]["optimized_attention_override"],
@@ -197,6 +197,26 @@ def test_composes_with_an_existing_attention_override_and_reapplying_replaces(pa
     with torch.no_grad():
         got = forward(x, ctx, transformer_options=options)
         want = wan_cross_reference(block, x, ctx, 1.5)
-        q_norm = block.norm_q(block.q(x)).norm().item()
+        k_norm = block.norm_k(block.k(ctx)).norm().item()
     assert (got - want).abs().max() <= TOL
-    assert seen == [pytest.approx(1.5 * q_norm, rel=1e-5)]  # called once, with queries × 1.5 (not × 3)
+    assert seen == [pytest.approx(1.5 * k_norm, rel=1e-5)]  # called once, with text keys × 1.5 (not × 3)
+
+
+def test_wraps_a_cross_attention_forward_patch_another_pack_installed(pack):
+    """Another pack's object patch on cross_attn.forward keeps running inside ours."""
+    boost_mod = pack("samplers.attention_boost")
+    model = load_wan("wan2.1_t2v_1.3B_fp16.safetensors")
+    block = model.model.diffusion_model.blocks[0].cross_attn
+    calls = []
+
+    def other_pack_forward(x, context, *args, **kwargs):
+        calls.append(kwargs["transformer_options"].get(boost_mod.CROSS_TAG_KEY) is not None)
+        return type(block).forward(block, x, context, *args, **kwargs) * 2.0
+    model.add_object_patch("diffusion_model.blocks.0.cross_attn.forward", other_pack_forward)
+    m, options = patched(pack, model, "wan", 1.3, 1.0)
+    torch.manual_seed(6)
+    x, ctx = torch.randn(1, 8, 128), torch.randn(1, 5, 128)
+    with torch.no_grad():
+        got = m.object_patches["diffusion_model.blocks.0.cross_attn.forward"](x, ctx, transformer_options=options)
+        want = wan_cross_reference(block, x, ctx, 1.3) * 2.0
+    assert calls == [True] and (got - want).abs().max() <= TOL

@@ -76,17 +76,27 @@ def test_dynamic_inputs_grow_shrink_and_reach_the_backend(comfy, page):
     assert page.pack_errors() == []
 
 
+def widget_value(page, node_id, name):
+    return page.page.evaluate("([id, name]) => window.app.graph.getNodeById(id).widgets.find(w => w.name === name)"
+                              ".value", [node_id, name])
+
+
 def test_validation_hints_before_queueing(page):
-    node = page.page.evaluate(ADD_NODE, ["UniCascadeTestDynamicInputs", 100, 100])
-    assert hints(page, node) == []  # defaults 64 and 33 are valid
-    page.set_widget(node, "width", 100)
-    page.set_widget(node, "length", 30)
-    assert hints(page, node) == ["width 100 is not a multiple of 16 (nearest: 96)",
-                                 "length 30 is not 4n+1 (nearest: 29)"]
+    node = page.page.evaluate(ADD_NODE, ["UniCascadeMfMCondition", 100, 100])
+    assert hints(page, node) == []  # defaults 640×352, 97 frames are valid
+    page.set_widget(node, "frames", 96)
+    assert hints(page, node) == ["frames 96 is not 4n+1 (nearest: 97)"]
+    page.set_widget(node, "width", 650)  # the widget's step of 16 snaps a typed width before any hint is needed
+    assert widget_value(page, node, "width") % 16 == 0
     page.screenshot("js_validation_hints")
-    page.set_widget(node, "width", 112)
-    page.set_widget(node, "length", 29)
+    page.set_widget(node, "frames", 81)
     assert hints(page, node) == []
+    # the size rule on a widget without a step (declared the same way by the test node)
+    other = page.page.evaluate(ADD_NODE, ["UniCascadeTestDynamicInputs", 600, 100])
+    page.set_widget(other, "width", 100)
+    page.set_widget(other, "length", 30)
+    assert hints(page, other) == ["width 100 is not a multiple of 16 (nearest: 96)",
+                                  "length 30 is not 4n+1 (nearest: 29)"]
 
     tma = page.page.evaluate(ADD_NODE, ["UniCascadeTemperatureModalityAlignment", 500, 100])
     assert hints(page, tma) == []

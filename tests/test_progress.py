@@ -1,7 +1,7 @@
 """u from σ (global progress) and from a sampler's σ list, against closed-form inverses."""
 import pytest
 
-from core.attention.progress import progress_from_schedule, progress_from_sigma, step_index_from_schedule
+from core.attention.progress import progress_from_schedule, progress_from_sigma
 
 
 def flow_percent_to_sigma(shift):
@@ -25,8 +25,7 @@ def test_global_progress_inverts_shifted_flow(shift):
     assert progress_from_sigma(0.0, f) == 1.0
 
 
-def test_schedule_progress_and_step_index():
+def test_schedule_progress():
     sigmas = [1.0, 0.75, 0.5, 0.25, 0.0]
     assert [progress_from_schedule(s, sigmas) for s in sigmas[:-1]] == [0.0, 0.25, 0.5, 0.75]
     assert progress_from_schedule(0.625, sigmas) == pytest.approx(0.375)  # halfway through step 1
-    assert [step_index_from_schedule(s, sigmas) for s in [1.0, 0.9, 0.75, 0.3, 0.25]] == [0, 0, 1, 2, 3]

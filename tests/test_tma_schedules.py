@@ -72,6 +72,7 @@ def test_bad_arguments():
 
 
 def test_taca_gamma_first_steps_only():
-    assert [taca_gamma(i, 1.2, 3) for i in range(5)] == [1.2, 1.2, 1.2, 1.0, 1.0]
+    # 30 steps, u = i/30: the first 3 steps are boosted (TACA: γ = 1.2 for 3 of 30 steps)
+    assert [taca_gamma(i / 30) for i in range(5)] == [1.2, 1.2, 1.2, 1.0, 1.0]
     with pytest.raises(ValueError):
         taca_gamma(0, 0.0)

@@ -45,7 +45,8 @@ def test_lambda_zero_is_identical_and_lambda_boost_differs(comfy):
 
 
 def test_both_branches_of_a_step_see_the_same_alpha(comfy):
-    run_latent(comfy, "trace", tma=tma(), steps=6)
+    # an area on the negative keeps ComfyUI from batching it with the positive: two model calls per step
+    run_latent(comfy, "trace", tma=tma(), steps=6, separate_branches=True)
     records = comfy.trace.records()
     assert records, "no TMA trace was written"
     by_sigma = {}
@@ -53,8 +54,7 @@ def test_both_branches_of_a_step_see_the_same_alpha(comfy):
         by_sigma.setdefault(round(r["sigma"], 7), []).append(r)
     assert len(by_sigma) == 6
     for sigma, rs in by_sigma.items():
-        branches = sorted(b for r in rs for b in r["cond_or_uncond"])
-        assert branches == [0, 1], branches  # conditional and unconditional both evaluated
+        assert sorted(tuple(r["cond_or_uncond"]) for r in rs) == [(0,), (1,)]  # two separate calls
         assert len({r["alpha_txt"] for r in rs}) == 1
         assert rs[0]["u"] == pytest.approx(expected_u(sigma), abs=1e-6)
         assert rs[0]["alpha_txt"] == pytest.approx(expected_alpha_txt(expected_u(sigma)), abs=1e-6)
@@ -126,6 +126,14 @@ def test_wan_i2v_image_boost_is_late(comfy):
         want = 1.0 if r["u"] <= 0.6 else 1 + 0.15 * (1 - math.cos(math.pi * (r["u"] - 0.6) / 0.4))
         assert r["alpha_img"] == pytest.approx(want, abs=1e-9)
     assert any(r["alpha_img"] > 1.0 for r in records)
+    # the image branch really is scaled: λ_img = 0 gives another result
+    boosted = load_latent(comfy, comfy.prefix)
+    tma_node = next(k for k, v in g.nodes.items() if v["class_type"] == "UniCascadeTemperatureModalityAlignment")
+    g.nodes[tma_node]["inputs"]["lambda_img"] = 0.0
+    saver = next(k for k, v in g.nodes.items() if v["class_type"] == "SaveLatent")
+    g.nodes[saver]["inputs"]["filename_prefix"] = comfy.prefix + "_noimg"
+    comfy.run(g.prompt())
+    assert (load_latent(comfy, comfy.prefix + "_noimg") - boosted).abs().max() > 1e-4
 
 
 def test_unsupported_model_fails_with_its_name_and_server_goes_on(comfy):
@@ -146,7 +154,7 @@ def test_unsupported_model_fails_with_its_name_and_server_goes_on(comfy):
     # TACA on a Wan model is refused too
     g2 = Graph()
     wan = g2.node("UNETLoader", unet_name="wan2.1_t2v_1.3B_fp16.safetensors", weight_dtype="default")
-    g2.node("UniCascadeTACA", model=wan[0], gamma=1.2, boosted_steps=3)
+    g2.node("UniCascadeTACA", model=wan[0], gamma=1.2, until=0.1, progress="global (from sigma)")
     taca = list(g2.nodes)[-1]
     clip = g2.node("UniCascadeTestTinyTextEncoderLoader", clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors")
     pos = g2.node("CLIPTextEncode", clip=clip[0], text="x")
@@ -191,3 +199,52 @@ def test_schedule_preview_matches_what_sampling_records(comfy):
     recorded = {round(r["sigma"], 5): r["alpha_txt"] for r in comfy.trace.records()}
     for r in rows:
         assert recorded[round(r["sigma"], 5)] == pytest.approx(r["alpha_txt"], abs=1e-5)
+
+
+def test_denoise_and_advanced_ranges_and_two_model_split_use_global_progress(comfy):
+    """denoise < 1 starts late in the schedule; KSamplerAdvanced ranges and a Wan 2.2-style two-model split
+    (high-noise model, then low-noise model) see the σ-derived u of the whole schedule."""
+    run_latent(comfy, "denoise", tma=tma(), steps=5, denoise=0.6)
+    first = max(comfy.trace.records(), key=lambda r: r["sigma"])
+    assert first["u"] == pytest.approx(expected_u(first["sigma"]), abs=1e-6) and first["u"] > 0.3
+    comfy.trace.clear()
+    g = Graph()
+    clip = g.node("UniCascadeTestTinyTextEncoderLoader", clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors")
+    pos = g.node("CLIPTextEncode", clip=clip[0], text="a red cat")
+    neg = g.node("CLIPTextEncode", clip=clip[0], text="")
+    latent = g.node("EmptyHunyuanLatentVideo", width=64, height=64, length=5, batch_size=1)
+    models = []
+    for unet in ("wan2.1_t2v_1.3B_fp16.safetensors", "wan2.1_vace_1.3B_fp16.safetensors"):
+        m = g.node("UNETLoader", unet_name=unet, weight_dtype="default")
+        m = g.node("ModelSamplingSD3", model=m[0], shift=SHIFT)
+        models.append(g.node("UniCascadeTemperatureModalityAlignment", model=m[0], **tma()))
+    common = dict(add_noise="enable", noise_seed=4, steps=8, cfg=4.0, sampler_name="euler", scheduler="simple",
+                  positive=pos[0], negative=neg[0])
+    high = g.node("KSamplerAdvanced", model=models[0][0], latent_image=latent[0], start_at_step=0, end_at_step=3,
+                  return_with_leftover_noise="enable", **common)
+    low = g.node("KSamplerAdvanced", model=models[1][0], latent_image=high[0], start_at_step=3, end_at_step=8,
+                 return_with_leftover_noise="disable", **{**common, "add_noise": "disable"})
+    g.node("SaveLatent", samples=low[0], filename_prefix=comfy.prefix)
+    comfy.run(g.prompt())
+    records = comfy.trace.records()
+    sigmas = sorted({round(r["sigma"], 7) for r in records}, reverse=True)
+    assert len(sigmas) == 8
+    for r in records:
+        assert r["u"] == pytest.approx(expected_u(r["sigma"]), abs=1e-6)
+        assert r["alpha_txt"] == pytest.approx(expected_alpha_txt(r["u"]), abs=1e-6)
+    assert records[-1]["u"] > 0.8  # the low-noise model ends the schedule: late progress, not a restart
+
+
+def test_an_override_that_does_not_chain_is_reported_not_ignored(comfy):
+    g = Graph()
+    model = g.node("UNETLoader", unet_name="wan2.1_t2v_1.3B_fp16.safetensors", weight_dtype="default")
+    boosted = g.node("UniCascadeTemperatureModalityAlignment", model=model[0], **tma())
+    foreign = g.node("UniCascadeTestReplaceAttentionOverride", model=boosted[0])
+    clip = g.node("UniCascadeTestTinyTextEncoderLoader", clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors")
+    pos = g.node("CLIPTextEncode", clip=clip[0], text="x")
+    latent = g.node("EmptyHunyuanLatentVideo", width=64, height=64, length=5, batch_size=1)
+    out = g.node("KSampler", model=foreign[0], seed=1, steps=2, cfg=1.0, sampler_name="euler", scheduler="simple",
+                 positive=pos[0], negative=pos[0], latent_image=latent[0], denoise=1.0)
+    g.node("SaveLatent", samples=out[0], filename_prefix=comfy.prefix)
+    error = comfy.run_expecting_error(g.prompt())
+    assert "reached no attention call" in error["exception_message"]

@@ -4,7 +4,8 @@ Every function takes the attention function to run (SDPA, flash, sage, xformers:
 changes only its inputs, so the fast path is kept.
 
 - Cross-attention whose keys are all of one modality (Wan's text cross-attention, or its CLIP-image branch):
-  ``α·(q·kᵀ)/√d == ((α·q)·kᵀ)/√d``, so scaling the queries by α scales exactly those logits.
+  ``α·(q·kᵀ)/√d == (q·(α·k)ᵀ)/√d``, so scaling the keys (after their norm and RoPE) by α scales exactly those
+  logits — a few hundred text keys, far cheaper than the video queries.
 - Joint attention (MM-DiT, e.g. Flux), where one sequence holds text and image tokens: only image-query ×
   text-key logits are scaled. Text queries are run unchanged; image queries are run against keys whose text
   part is multiplied by α. Two calls over the same keys and values, the same number of query rows in total,
@@ -19,9 +20,9 @@ import torch
 
 def scale_all_logits(attention: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float,
                      *args, **kwargs) -> torch.Tensor:
-    """Run ``attention`` with every logit multiplied by ``alpha`` (queries scaled; α = 1 is untouched)."""
+    """Run ``attention`` with every logit multiplied by ``alpha`` (keys scaled; α = 1 is untouched)."""
     if alpha != 1.0:
-        q = q * alpha
+        k = k * alpha
     return attention(q, k, v, *args, **kwargs)
 
 

@@ -47,12 +47,3 @@ def progress_from_schedule(sigma: float, schedule: Sequence[float]) -> float:
             return (i + frac) / steps
     return 1.0
 
-
-def step_index_from_schedule(sigma: float, schedule: Sequence[float]) -> int:
-    """Index of the step whose interval [σ_{i+1}, σ_i] holds ``sigma`` (its start, for intermediate σ)."""
-    values = [float(s) for s in schedule]
-    sigma = float(sigma)
-    for i in range(len(values) - 1):
-        if values[i + 1] < sigma <= values[i] or (i == 0 and sigma > values[0]):
-            return i
-    return max(len(values) - 2, 0)

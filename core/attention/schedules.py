@@ -67,8 +67,13 @@ def alpha_img(u: float, lam: float = DEFAULT_LAMBDA_IMG, schedule: str = "cosine
     return 1.0 + lam  # step
 
 
-def taca_gamma(step_index: int, gamma: float = 1.2, boosted_steps: int = 3) -> float:
-    """TACA (Lv et al. 2025): image-query × text-key logits × γ for the first ``boosted_steps`` steps, else 1."""
+DEFAULT_TACA_GAMMA = 1.2
+DEFAULT_TACA_UNTIL = 0.1   # TACA: the first 3 of 30 steps
+
+
+def taca_gamma(u: float, gamma: float = DEFAULT_TACA_GAMMA, until: float = DEFAULT_TACA_UNTIL) -> float:
+    """TACA (Lv et al. 2025): image-query × text-key logits × γ while progress u < ``until``, else 1
+    (γ = 1.2 for the first 3 of 30 steps: until = 0.1)."""
     if gamma <= 0:
         raise ValueError(f"γ must be > 0 (got {gamma})")
-    return float(gamma) if step_index < boosted_steps else 1.0
+    return float(gamma) if u < until - 1e-9 else 1.0

@@ -151,7 +151,7 @@ class ComfyServer:
             try:
                 message = ws.recv()
             except websocket.WebSocketTimeoutException:
-                break
+                raise PromptFailed(f"prompt {prompt_id} did not finish within {timeout}s:\n{self.log_tail()}")
             if not isinstance(message, str):
                 continue  # binary preview frames
             event = json.loads(message)

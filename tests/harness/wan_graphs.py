@@ -11,7 +11,8 @@ def wan_t2v_graph(prefix: str, *, unet: str = WAN21_T2V, tma: dict | None = None
                   cfg: float = 5.0, width: int = 64, height: int = 64, length: int = 5,
                   sampler: str = "euler", scheduler: str = "simple", sampler_node: str = "KSampler",
                   split_at: int | None = None, positive: str = "a red cat runs across a green field",
-                  negative: str = "blurry", save_images: bool = False) -> dict:
+                  negative: str = "blurry", save_images: bool = False, denoise: float = 1.0,
+                  separate_branches: bool = False) -> dict:
     """Loader → (TMA) → sampler → SaveLatent. ``sampler_node``: KSampler | SamplerCustomAdvanced.
     ``split_at``: run the schedule in two SamplerCustomAdvanced calls split at that step (SplitSigmas)."""
     g = Graph()
@@ -21,11 +22,13 @@ def wan_t2v_graph(prefix: str, *, unet: str = WAN21_T2V, tma: dict | None = None
         model = g.node("UniCascadeTemperatureModalityAlignment", model=model[0], **tma)
     clip = g.node(TEXT_ENCODER_LOADER, clip_name=UMT5)
     pos = g.node("CLIPTextEncode", clip=clip[0], text=positive)
+    if separate_branches:  # text lengths ComfyUI cannot pad together: the negative gets its own model call
+        negative = ", ".join(["blurry low quality"] * 40)
     neg = g.node("CLIPTextEncode", clip=clip[0], text=negative)
     latent = g.node("EmptyHunyuanLatentVideo", width=width, height=height, length=length, batch_size=1)
     if sampler_node == "KSampler" and split_at is None:
         out = g.node("KSampler", model=model[0], seed=seed, steps=steps, cfg=cfg, sampler_name=sampler,
-                     scheduler=scheduler, positive=pos[0], negative=neg[0], latent_image=latent[0], denoise=1.0)
+                     scheduler=scheduler, positive=pos[0], negative=neg[0], latent_image=latent[0], denoise=denoise)
         samples = out[0]
     else:
         guider = g.node("CFGGuider", model=model[0], positive=pos[0], negative=neg[0], cfg=cfg)

@@ -52,3 +52,26 @@ class UniCascadeTestDynamicInputs:
 
 
 NODE_CLASS_MAPPINGS["UniCascadeTestDynamicInputs"] = UniCascadeTestDynamicInputs
+
+
+class UniCascadeTestReplaceAttentionOverride:
+    """Stands for another pack's attention patch that replaces the override without chaining to it."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",)}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "UniCascade tests"
+
+    def patch(self, model):
+        m = model.clone()
+
+        def replace(func, *args, **kwargs):
+            return func(*args, **kwargs)
+        m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = replace
+        return (m,)
+
+
+NODE_CLASS_MAPPINGS["UniCascadeTestReplaceAttentionOverride"] = UniCascadeTestReplaceAttentionOverride
