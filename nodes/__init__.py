@@ -24,6 +24,10 @@ NODE_MODULES = [
     "model_loaders.siglip",
     "model_loaders.llm",
     "nodes.pyramid_reflection",
+    "model_loaders.unimmvsr",
+    "nodes.unimmvsr_upsampler",
+    "nodes.unimmvsr_references",
+    "nodes.unimmvsr_guider",
 ]
 
 

@@ -23,7 +23,11 @@ WAN21_VACE = "wan2.1_vace_1.3B_fp16.safetensors"
 WAN22_TI2V = "wan2.2_ti2v_5B_fp16.safetensors"
 WAN21_VAE = "wan_2.1_vae.safetensors"
 UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
-SD3 = "sd3_medium.safetensors"  # an MM-DiT that is neither Wan nor Flux: for "unsupported model" errors
+SD3 = "sd3_medium.safetensors"
+UNIMMVSR = "unimmvsr_wan2.1_1.3B.safetensors"              # full checkpoint, zero-initialised from WAN21_T2V
+UNIMMVSR_DELTA = "unimmvsr_wan2.1_1.3B_delta.safetensors"  # the same as a delta over WAN21_T2V
+UNIMMVSR_TRUNCATED = "unimmvsr_truncated.safetensors"
+UNIMMVSR_PLAIN_WAN = "plain_wan_in_unimmvsr_folder.safetensors"  # an MM-DiT that is neither Wan nor Flux: for "unsupported model" errors
 
 WAN_VARIANTS = {
     WAN21_T2V: dict(model_type="t2v", in_dim=16, out_dim=16),
@@ -147,6 +151,7 @@ def write_fixture_models(models_dir: str) -> dict[str, str]:
     paths[SD3] = os.path.join(dm_dir, SD3)
     if not os.path.exists(paths[SD3]):
         save_model(build_sd3(), paths[SD3])
+    write_unimmvsr_fixtures(models_dir, paths[WAN21_T2V])
     vae_dir = os.path.join(models_dir, "vae")
     os.makedirs(vae_dir, exist_ok=True)
     paths[WAN21_VAE] = os.path.join(vae_dir, WAN21_VAE)
@@ -158,3 +163,29 @@ def write_fixture_models(models_dir: str) -> dict[str, str]:
     if not os.path.exists(paths[UMT5]):
         build_tiny_umt5(paths[UMT5])
     return paths
+
+
+def write_unimmvsr_fixtures(models_dir: str, t2v_path: str) -> None:
+    """UniMMVSR checkpoints made from the tiny T2V parent the way users make theirs (scripts/unimmvsr_init.py)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from core.unimmvsr.checkpoint import init_from_t2v, to_delta
+
+    folder = os.path.join(models_dir, "unimmvsr")
+    os.makedirs(folder, exist_ok=True)
+    full_path = os.path.join(folder, UNIMMVSR)
+    if os.path.exists(full_path):
+        return
+    parent = load_file(t2v_path)
+    sd, meta = init_from_t2v(parent)
+    save_file(sd, full_path, metadata=meta)
+    delta, delta_meta = to_delta(sd, meta, parent, os.path.basename(t2v_path))
+    save_file(delta, os.path.join(folder, UNIMMVSR_DELTA), metadata=delta_meta)
+    with open(full_path, "rb") as f:
+        data = f.read()
+    with open(os.path.join(folder, UNIMMVSR_TRUNCATED), "wb") as f:
+        f.write(data[: len(data) // 2])
+    shutil.copy(t2v_path, os.path.join(folder, UNIMMVSR_PLAIN_WAN))

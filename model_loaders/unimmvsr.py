@@ -1,0 +1,68 @@
+"""UniMMVSR Loader: a UniMMVSR checkpoint (full, or a delta over a Wan T2V checkpoint) as a ComfyUI MODEL."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..core.unimmvsr import checkpoint
+from ..nodes.naming import category, node_id
+
+
+def load_unimmvsr(path: str, name: str):
+    import comfy.sd
+    import comfy.utils
+    import folder_paths
+    from comfy.ldm.wan.model import WanModel
+
+    from ..core.unimmvsr.aug_embedding import AugmentationEmbedding
+    from ..samplers.unimmvsr_model import UniMMVSRConfig, install
+
+    try:
+        sd, meta = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
+    except Exception as e:  # truncated / corrupt safetensors
+        raise ValueError(f"{name}: cannot read this safetensors file ({type(e).__name__}: {e})") from e
+    meta = meta or {}
+    if meta.get("unimmvsr_kind") == "delta":
+        base_name = meta.get("unimmvsr_base", "")
+        base_path = folder_paths.get_full_path("diffusion_models", base_name)
+        if base_path is None:
+            raise ValueError(f"{name} is a delta over '{base_name}', which is not in models/diffusion_models")
+        sd = checkpoint.merge_delta(sd, comfy.utils.load_torch_file(base_path, safe_load=True))
+    meta = checkpoint.validate(sd, meta)
+    aug_sd = {k[len(checkpoint.AUG_PREFIX):]: v for k, v in sd.items() if k.startswith(checkpoint.AUG_PREFIX)}
+    wan_sd = {k: v for k, v in sd.items() if not k.startswith(checkpoint.PREFIX)}
+    model = comfy.sd.load_diffusion_model_state_dict(wan_sd)
+    if model is None or not isinstance(model.model.diffusion_model, WanModel):
+        raise ValueError(f"{name}: the backbone weights are not a Wan diffusion model ComfyUI can load")
+    dm = model.model.diffusion_model
+    aug = AugmentationEmbedding(aug_sd["linear_1.weight"].shape[1], aug_sd["linear_1.weight"].shape[0])
+    aug.load_state_dict({k: v.float() for k, v in aug_sd.items()})
+    if aug.linear_2.weight.shape[0] != dm.dim:
+        raise ValueError(f"{name}: the augmentation embedding is {aug.linear_2.weight.shape[0]} wide, the model {dm.dim}")
+    install(model, aug.to(next(dm.parameters()).device), UniMMVSRConfig(
+        backbone=meta["unimmvsr_backbone"], latent_channels=checkpoint.BACKBONES[meta["unimmvsr_backbone"]],
+        id_start=int(meta.get("unimmvsr_id_start", 20)), video_start=int(meta.get("unimmvsr_video_start", 30))))
+    return model
+
+
+class UniMMVSRLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        import folder_paths
+
+        return io.Schema(
+            node_id=node_id("UniMMVSRLoader"),
+            display_name="UniMMVSR Loader",
+            category=category("loaders"),
+            description="Loads a UniMMVSR upscaler (Wan backbone + LR channels + augmentation embedding) from "
+                        "models/unimmvsr. A delta checkpoint also reads its Wan T2V base from models/diffusion_models.",
+            inputs=[io.Combo.Input("unimmvsr_name", options=folder_paths.get_filename_list("unimmvsr"),
+                                   tooltip="A UniMMVSR checkpoint (.safetensors) in models/unimmvsr.")],
+            outputs=[io.Model.Output(tooltip="The upscaler; plug it into the UniMMVSR Guider.")],
+        )
+
+    @classmethod
+    def execute(cls, unimmvsr_name) -> io.NodeOutput:
+        import folder_paths
+
+        return io.NodeOutput(load_unimmvsr(folder_paths.get_full_path_or_raise("unimmvsr", unimmvsr_name),
+                                           unimmvsr_name))

@@ -1,0 +1,112 @@
+"""UniMMVSR through the real server on tiny Wan 2.1 models (UniMMVSR §3; SPEC §1)."""
+import pytest
+import torch
+
+from conftest import load_latent
+from harness.graph import Graph
+from harness.tiny_models import (UMT5, UNIMMVSR, UNIMMVSR_DELTA, UNIMMVSR_PLAIN_WAN, UNIMMVSR_TRUNCATED, WAN21_T2V,
+                                 WAN21_VAE)
+
+pytestmark = pytest.mark.server
+
+
+def text(g, prompt):
+    clip = g.node("UniCascadeTestTinyTextEncoderLoader", clip_name=UMT5)
+    return g.node("CLIPTextEncode", clip=clip[0], text=prompt), g.node("CLIPTextEncode", clip=clip[0], text="")
+
+
+def test_zero_initialised_upscaler_equals_its_t2v_parent_bitwise(comfy):
+    for name, loader in (("parent", ("UNETLoader", dict(unet_name=WAN21_T2V, weight_dtype="default"))),
+                         ("full", ("UniCascadeUniMMVSRLoader", dict(unimmvsr_name=UNIMMVSR))),
+                         ("delta", ("UniCascadeUniMMVSRLoader", dict(unimmvsr_name=UNIMMVSR_DELTA)))):
+        g = Graph()
+        model = g.node(loader[0], **loader[1])
+        pos, neg = text(g, "a red cat runs")
+        latent = g.node("EmptyHunyuanLatentVideo", width=64, height=48, length=5, batch_size=1)
+        out = g.node("KSampler", model=model[0], seed=5, steps=3, cfg=4.0, sampler_name="euler", scheduler="simple",
+                     positive=pos[0], negative=neg[0], latent_image=latent[0], denoise=1.0)
+        g.node("SaveLatent", samples=out[0], filename_prefix=f"{comfy.prefix}_{name}")
+        comfy.run(g.prompt())
+    parent = load_latent(comfy, f"{comfy.prefix}_parent")
+    assert torch.equal(parent, load_latent(comfy, f"{comfy.prefix}_full"))
+    assert torch.equal(parent, load_latent(comfy, f"{comfy.prefix}_delta"))
+
+
+def cascade_graph(comfy, prefix, *, references=True, ref_size=(64, 48), steps=4, tile=None, lr_frames=5,
+                  hr_size=(64, 48), model=None, reference_scale=1.0, reference_steps=2):
+    g = Graph()
+    pos, neg = text(g, "a red cat runs")
+    vae = g.node("VAELoader", vae_name=WAN21_VAE)
+    lr = g.node("EmptyImage", width=32, height=24, batch_size=lr_frames, color=0x3366AA)
+    up = g.node("UniCascadeUniMMVSRUpsampler", vae=vae[0], width=hr_size[0], height=hr_size[1], augmentation=600,
+                seed=0, lr_images=lr[0])
+    model = model or g.node("UniCascadeUniMMVSRLoader", unimmvsr_name=UNIMMVSR)
+    guider_inputs = dict(model=model[0], positive=pos[0], negative=neg[0], lr_condition=up[0], text_scale=3.0,
+                         reference_scale=reference_scale, reference_steps=reference_steps, tile_width=0,
+                         tile_height=0, tile_overlap=16, chunk_frames=0, chunk_overlap=4)
+    if tile:
+        guider_inputs.update(tile_width=tile[0], tile_height=tile[1])
+    if references:
+        ident = g.node("EmptyImage", width=ref_size[0], height=ref_size[1], batch_size=2, color=0xCC8844)
+        video = g.node("EmptyImage", width=ref_size[0], height=ref_size[1], batch_size=5, color=0x22AA55)
+        w, h = tile if tile else hr_size
+        refs = g.node("UniCascadeUniMMVSRReferences", vae=vae[0], width=w, height=h, id_image_1=ident[0],
+                      reference_video_1=video[0])
+        guider_inputs["references"] = refs[0]
+    guider = g.node("UniCascadeUniMMVSRGuider", **guider_inputs)
+    sigmas = g.node("BasicScheduler", model=model[0], scheduler="simple", steps=steps, denoise=1.0)
+    sampler = g.node("KSamplerSelect", sampler_name="ipndm")
+    noise = g.node("RandomNoise", noise_seed=3)
+    out = g.node("SamplerCustomAdvanced", noise=noise[0], guider=guider[0], sampler=sampler[0], sigmas=sigmas[0],
+                 latent_image=up[1])
+    g.node("SaveLatent", samples=out[0], filename_prefix=prefix)
+    return g
+
+
+def test_cascade_with_references_three_then_two_evaluations(comfy):
+    comfy.run(cascade_graph(comfy, comfy.prefix, steps=4, reference_steps=2).prompt())
+    latent = load_latent(comfy, comfy.prefix)
+    assert latent.shape == (1, 16, 2, 6, 8)  # 5 frames → 2 latent frames; no reference frames in the output
+    evals = [r for r in comfy.trace.records() if r.get("event") == "unimmvsr"]
+    assert [(r["step"], r["evaluations"]) for r in evals] == [(0, 3), (1, 3), (2, 2), (3, 2)]
+
+
+def test_references_change_the_result_and_no_references_runs_as_t2v_vsr(comfy):
+    comfy.run(cascade_graph(comfy, comfy.prefix + "_refs").prompt())
+    comfy.trace.clear()
+    comfy.run(cascade_graph(comfy, comfy.prefix + "_none", references=False).prompt())
+    assert {r["evaluations"] for r in comfy.trace.records() if r.get("event") == "unimmvsr"} == {2}
+    assert "no references are connected: running as T2V-VSR" in comfy.log_text()
+    assert (load_latent(comfy, comfy.prefix + "_refs") - load_latent(comfy, comfy.prefix + "_none")).abs().max() > 0
+
+
+def test_references_of_another_aspect_ratio_are_padded(comfy):
+    comfy.run(cascade_graph(comfy, comfy.prefix, ref_size=(80, 20)).prompt())
+    assert load_latent(comfy, comfy.prefix).shape == (1, 16, 2, 6, 8)
+    assert "scaled to fit and zero-padded to 64x48" in comfy.log_text()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("plain_wan_model", "this is not a UniMMVSR model"),
+    ("plain_wan_checkpoint", "plain Wan checkpoint, not a UniMMVSR upscaler"),
+    ("truncated", "cannot read this safetensors file"),
+    ("lr_frames", "the Wan VAE needs 4n+1"),
+])
+def test_bad_input_is_reported_and_the_server_goes_on(comfy, case, message):
+    if case == "plain_wan_model":
+        g = Graph()
+        model = g.node("UNETLoader", unet_name=WAN21_T2V, weight_dtype="default")
+        g = cascade_graph(comfy, comfy.prefix, model=None)
+        g.nodes["plain"] = {"class_type": "UNETLoader", "inputs": {"unet_name": WAN21_T2V, "weight_dtype": "default"}}
+        guider = next(k for k, v in g.nodes.items() if v["class_type"] == "UniCascadeUniMMVSRGuider")
+        g.nodes[guider]["inputs"]["model"] = ["plain", 0]
+    elif case in ("plain_wan_checkpoint", "truncated"):
+        g = cascade_graph(comfy, comfy.prefix)
+        loader = next(k for k, v in g.nodes.items() if v["class_type"] == "UniCascadeUniMMVSRLoader")
+        g.nodes[loader]["inputs"]["unimmvsr_name"] = UNIMMVSR_PLAIN_WAN if case == "plain_wan_checkpoint" \
+            else UNIMMVSR_TRUNCATED
+    else:
+        g = cascade_graph(comfy, comfy.prefix, lr_frames=6)
+    error = comfy.run_expecting_error(g.prompt())
+    assert message in error["exception_message"], error["exception_message"]
+    comfy.run(cascade_graph(comfy, comfy.prefix + "_ok", references=False, steps=2).prompt())
