@@ -103,3 +103,18 @@ def test_bad_input_is_named_and_the_server_goes_on(comfy, input_image, overrides
     cond = builder(g, "text-to-video (t2v)")
     g.node("PreviewAny", node_id="p", source=cond[1])
     assert comfy.run(g.prompt())["outputs"]["p"]["text"][0].endswith("#task: text-to-video")
+
+
+def test_depth_at_the_known_frame_of_i2v_from_depth_anything(comfy, input_image):
+    from harness.tiny_depth import TINY
+
+    g = Graph()
+    image = g.node("LoadImage", image=input_image[0])
+    depth_model = g.node("UniCascadeDepthAnythingLoader", model_name=TINY, precision="auto")
+    cond = builder(g, "image-to-video (i2v)", image=image[0], depth="known frames of generation tasks (official)",
+                   depth_model=depth_model[0])
+    g.node("SaveImage", node_id="depth", images=cond[5], filename_prefix=f"{comfy.prefix}_depth")
+    files = comfy.run(g.prompt())["outputs"]["depth"]["images"]
+    frames = [np.asarray(Image.open(comfy.output_path(f["subfolder"], f["filename"])).convert("L")) for f in files]
+    assert len(frames) == 9
+    assert frames[0].std() > 0 and all(f.max() == frames[1].max() == f.min() for f in frames[1:])

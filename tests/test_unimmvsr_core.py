@@ -70,3 +70,18 @@ def test_feather_weights_ramp_only_at_shared_borders():
     w = tiling.weights(tiling.Window(0, 1, 0, 24, 16, 40), 1, 50, 70, 0, 8, 8)
     assert torch.all(w[0, :, -1] < 0.2) and torch.all(w[0, :, 0] < 0.2)   # both x borders shared
     assert torch.all(w[0, 0, 10:14] == 1.0)  # top border is the frame edge: not feathered
+
+
+def test_blend_of_disagreeing_tiles_has_no_step():
+    """Tiles that disagree (each a different constant) blend into ramps, never a jump at a tile edge: a hard cut
+    would put the whole difference (1.0 here) between two neighbouring columns."""
+    frames, height, width = 1, 20, 40
+    wins = tiling.windows(frames, height, width, 1, 12, 16, 0, 4, 6)
+    blend = tiling.Blender((1, 1, frames, height, width))
+    for k, w in enumerate(wins):
+        value = torch.full((1, 1, w.t1 - w.t0, w.y1 - w.y0, w.x1 - w.x0), float(k % 2))
+        blend.add(w, value, tiling.weights(w, frames, height, width, 0, 4, 6))
+    out = blend.result()
+    step_x = (out[..., 1:] - out[..., :-1]).abs().max()
+    step_y = (out[..., 1:, :] - out[..., :-1, :]).abs().max()
+    assert step_x < 0.5 and step_y < 0.5, (step_x, step_y)

@@ -1,0 +1,246 @@
+"""Depth Anything V2 loader: a Hugging Face folder under ``models/depth_anything`` → a model ComfyUI manages.
+
+The transformers model is wrapped in a ``ModelPatcher`` with ComfyUI's load/offload devices (as core's
+``comfy/clip_vision.py`` does), so ComfyUI moves it, evicts it under memory pressure and "unload models" frees it.
+Only ``*.safetensors`` weights are read (pickled checkpoints are never opened). A folder asked for again with the
+same precision while its loaded model is still alive (ComfyUI's node cache holds it) is not read from disk again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import weakref
+from dataclasses import dataclass
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from ..core.depth.preprocess import PreprocessConfig, depth_to_frame_size, preprocess
+from ..nodes.naming import category, node_id
+from ..nodes.validation import choice_error, first_error
+
+FOLDER_KEY = "depth_anything"
+MODEL_TYPE = "depth_anything"
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_BATCH = 8
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+DEPTH_MODEL = io.Custom("UNICASCADE_DEPTH_MODEL")
+
+
+class _Holder(torch.nn.Module):
+    """Gives ModelPatcher a plain module: it sets ``.device`` on its model, a read-only property of transformers'."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+
+@dataclass(eq=False)
+class DepthAnythingModel:
+    """What the loader outputs: the managed model, its preprocessing and where it came from."""
+    patcher: comfy.model_patcher.ModelPatcher
+    preprocess: PreprocessConfig
+    folder: str
+    dtype: torch.dtype
+
+    def estimate(self, frames: torch.Tensor, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+        """Raw relative inverse depth [T, H, W] float32 on the CPU for IMAGE frames [T, H, W, 3].
+
+        Frames go through in micro-batches; only the [T, H, W] result accumulates. The progress bar counts
+        frames and is where a Stop takes effect."""
+        check_frames(frames)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        # Full load: transformers' modules are not comfy.ops, so a partial (lowvram) load would leave some behind.
+        comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
+        net, device = self.patcher.model.net, self.patcher.load_device
+        count, height, width = frames.shape[:3]
+        depth = torch.empty(count, height, width, dtype=torch.float32)
+        bar = comfy.utils.ProgressBar(count)
+        with torch.inference_mode():
+            for start in range(0, count, batch_size):
+                chunk = frames[start:start + batch_size]
+                pixels = preprocess(chunk.to(device), self.preprocess).to(self.dtype)
+                predicted = net(pixel_values=pixels).predicted_depth
+                depth[start:start + len(chunk)] = depth_to_frame_size(predicted, height, width).cpu()
+                bar.update(len(chunk))
+        return depth
+
+
+def check_frames(frames) -> None:
+    if not isinstance(frames, torch.Tensor):
+        raise TypeError(f"images: expected an IMAGE tensor [frames, height, width, 3], got {type(frames).__name__}")
+    if frames.ndim != 4:
+        raise ValueError(f"images: expected an IMAGE tensor [frames, height, width, 3], got shape {tuple(frames.shape)}")
+    if frames.shape[0] == 0:
+        raise ValueError("images: the batch is empty (0 frames), there is nothing to estimate depth from")
+    if frames.shape[-1] != 3:
+        raise ValueError(f"images: frames have {frames.shape[-1]} channels; Depth Anything needs RGB images "
+                         f"(3 channels)")
+    if frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise ValueError(f"images: frames are {frames.shape[2]}×{frames.shape[1]} pixels")
+
+
+def estimate_depth(depth_model, frames: torch.Tensor, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+    """Raw depth [T, H, W] (CPU) of IMAGE frames with a model from the Depth Anything loader."""
+    if not isinstance(depth_model, DepthAnythingModel):
+        raise TypeError(f"depth_model: expected the output of the UniCascade Depth Anything loader, got "
+                        f"{type(depth_model).__name__}")
+    return depth_model.estimate(frames, batch_size)
+
+
+# -- folders ------------------------------------------------------------------------------------------------
+def model_roots() -> list[str]:
+    import folder_paths
+
+    return folder_paths.get_folder_paths(FOLDER_KEY)
+
+
+def list_models() -> list[str]:
+    """Sub-folders holding a config.json, over every registered location (the first one wins a name)."""
+    names: list[str] = []
+    for root in model_roots():
+        if os.path.isdir(root):
+            for entry in sorted(os.listdir(root)):
+                if entry not in names and os.path.isfile(os.path.join(root, entry, "config.json")):
+                    names.append(entry)
+    return names
+
+
+def resolve_folder(name: str) -> str:
+    if name in ("", ".", "..") or os.sep in name or (os.altsep and os.altsep in name):
+        raise ValueError(f"model_name: {name!r} is not a folder name")
+    for root in model_roots():
+        folder = os.path.join(root, name)
+        if os.path.isfile(os.path.join(folder, "config.json")):
+            return folder
+    raise FileNotFoundError(f"model_name: no folder {name!r} with a config.json in {', '.join(model_roots())}")
+
+
+def check_folder(folder: str) -> list[str]:
+    """Refuse what is not a Depth Anything folder with safetensors weights; return the weight files."""
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{folder}/config.json is not valid JSON: {e}") from None
+    found = config.get("model_type") if isinstance(config, dict) else None
+    if found != MODEL_TYPE:
+        raise ValueError(f"{folder}: config.json describes a {found!r} model, not Depth Anything "
+                         f"(model_type {MODEL_TYPE!r})")
+    files = sorted(os.listdir(folder))
+    weights = [f for f in files if f.endswith(".safetensors")]
+    if not weights:
+        pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+        seen = f" (found {', '.join(pickles)})" if pickles else ""
+        raise ValueError(f"{folder}: no .safetensors weights{seen}; only safetensors are loaded, pickled "
+                         f"checkpoints are never opened")
+    from safetensors import safe_open
+
+    for name in weights:
+        try:
+            with safe_open(os.path.join(folder, name), framework="pt") as f:
+                f.keys()
+        except Exception as e:
+            raise ValueError(f"{folder}/{name} is truncated or corrupt ({e}); download it again") from None
+    return weights
+
+
+def choose_dtype(precision: str, device) -> torch.dtype:
+    if precision != "auto":
+        return DTYPES[precision]
+    if comfy.model_management.should_use_fp16(device):
+        return torch.float16
+    if comfy.model_management.should_use_bf16(device):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _signature(folder: str, weights: list[str]) -> tuple:
+    stats = [os.stat(os.path.join(folder, name)) for name in ["config.json", *weights]]
+    return tuple((s.st_mtime_ns, s.st_size) for s in stats)
+
+
+_LOADED: "weakref.WeakValueDictionary[tuple, DepthAnythingModel]" = weakref.WeakValueDictionary()
+
+
+def load_depth_model(name: str, precision: str) -> DepthAnythingModel:
+    folder = resolve_folder(name)
+    weights = check_folder(folder)
+    load_device = comfy.model_management.get_torch_device()
+    offload_device = comfy.model_management.unet_offload_device()
+    dtype = choose_dtype(precision, load_device)
+    key = (os.path.realpath(folder), dtype, _signature(folder, weights))
+    cached = _LOADED.get(key)
+    if cached is not None:
+        return cached
+    config = PreprocessConfig.from_folder(folder)
+    if config is None:
+        logging.warning("UniCascade: %s has no preprocessor_config.json; using Depth Anything V2's values", folder)
+        config = PreprocessConfig()
+    logging.info("UniCascade: loading Depth Anything from %s (%s)", folder, str(dtype).removeprefix("torch."))
+    net = _from_pretrained(folder, dtype).to(offload_device).eval().requires_grad_(False)
+    patcher = comfy.model_patcher.ModelPatcher(_Holder(net), load_device=load_device, offload_device=offload_device)
+    model = DepthAnythingModel(patcher=patcher, preprocess=config, folder=folder, dtype=dtype)
+    _LOADED[key] = model
+    return model
+
+
+def _from_pretrained(folder: str, dtype: torch.dtype):
+    import transformers
+    from transformers import AutoModelForDepthEstimation
+
+    old = tuple(int(p) for p in transformers.__version__.split(".")[:2]) < (4, 56)
+    kwargs = {"torch_dtype" if old else "dtype": dtype}
+    try:
+        return AutoModelForDepthEstimation.from_pretrained(folder, use_safetensors=True, local_files_only=True,
+                                                           **kwargs)
+    except Exception as e:
+        raise RuntimeError(f"could not load Depth Anything from {folder}: {e}") from e
+
+
+class DepthAnythingLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=node_id("DepthAnythingLoader"),
+            display_name="Depth Anything V2 Loader",
+            category=category("loaders"),
+            description=("Loads a Depth Anything V2 Hugging Face folder (config.json, *.safetensors, "
+                         "preprocessor_config.json; e.g. Depth-Anything-V2-Small-hf) from models/depth_anything "
+                         "for the Depth Estimator and the MfM condition. Safetensors only."),
+            inputs=[
+                io.Combo.Input("model_name", options=list_models(),
+                               tooltip="A sub-folder of models/depth_anything (or of a depth_anything path in "
+                                       "extra_model_paths.yaml) that holds config.json and *.safetensors."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
+                               tooltip="Weights dtype. Default auto: fp16 or bf16 where ComfyUI says the device "
+                                       "supports it, else fp32 (always on a CPU). fp32/fp16/bf16 force one."),
+            ],
+            outputs=[DEPTH_MODEL.Output(display_name="depth_model")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model_name=None, precision=None):
+        return first_error(choice_error("model_name", model_name, list_models()),
+                           choice_error("precision", precision, PRECISIONS))
+
+    @classmethod
+    def fingerprint_inputs(cls, model_name, precision):
+        """Stable while the folder's files are unchanged (so ComfyUI's cache is reused); changes when they do."""
+        try:
+            folder = resolve_folder(model_name)
+            files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+            return model_name, precision, _signature(folder, files)
+        except (OSError, ValueError):
+            return model_name, precision
+
+    @classmethod
+    def execute(cls, model_name, precision) -> io.NodeOutput:
+        return io.NodeOutput(load_depth_model(model_name, precision))

@@ -1,0 +1,53 @@
+"""Depth Anything V2 depth of video frames, raw (as MfM uses it) or normalised per frame / per sequence."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..core.depth.normalize import NORMALIZATIONS, normalize_depth, preview_image
+from ..model_loaders.depth_anything import DEFAULT_BATCH, DEPTH_MODEL, estimate_depth
+from .naming import category, node_id
+from .validation import choice_error, first_error
+
+DEPTH = io.Custom("UNICASCADE_DEPTH")
+MAX_BATCH = 256
+
+
+class DepthEstimator(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=node_id("DepthEstimator"),
+            display_name="Depth Estimator (Depth Anything V2)",
+            category=category("conditioning"),
+            description=("Relative inverse depth (larger = nearer) of every frame, at the frames' size. Frames run "
+                         "in micro-batches, so memory grows with batch_size, not with the video's length."),
+            inputs=[
+                DEPTH_MODEL.Input("depth_model", tooltip="From the Depth Anything V2 Loader."),
+                io.Image.Input("images", tooltip="The frames of a video (or one image), RGB."),
+                io.Combo.Input("normalization", options=list(NORMALIZATIONS), default=NORMALIZATIONS[0],
+                               tooltip="Default raw: as predicted, unnormalised (what MfM uses). per frame: each "
+                                       "frame scaled to 0–1 on its own (flickers in videos). per sequence: one "
+                                       "0–1 scale over all frames (no flicker)."),
+                io.Boolean.Input("invert", default=False,
+                                 tooltip="Default off: larger = nearer (white = near in the preview). On: larger = "
+                                         "farther (normalised: 1 − d; raw: mirrored within its range)."),
+                io.Int.Input("batch_size", default=DEFAULT_BATCH, min=1, max=MAX_BATCH,
+                             tooltip=f"Frames per micro-batch. Default {DEFAULT_BATCH}, range 1–{MAX_BATCH}. "
+                                     "Larger is faster where memory allows; the result is the same."),
+            ],
+            outputs=[
+                DEPTH.Output(display_name="depth", tooltip="Depth [frames, height, width] in the chosen mode."),
+                io.Image.Output(display_name="preview",
+                                tooltip="Grey depth: the normalised values, or raw depth scaled to 0–1 over the "
+                                        "whole sequence."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, normalization=None):
+        return first_error(choice_error("normalization", normalization, NORMALIZATIONS))
+
+    @classmethod
+    def execute(cls, depth_model, images, normalization, invert, batch_size) -> io.NodeOutput:
+        depth = normalize_depth(estimate_depth(depth_model, images, batch_size), normalization, invert, inplace=True)
+        return io.NodeOutput(depth, preview_image(depth, normalization))
