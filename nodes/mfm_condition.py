@@ -69,9 +69,9 @@ class MfMConditionBuilder(io.ComfyNode):
                 io.Combo.Input("mask_source", options=list(MASK_SOURCES), default=MASK_SOURCES[0],
                                tooltip="Inpainting/outpainting mask: the mask input (default), or a seeded random "
                                        "interior rectangle (1/9–1/4 of the area) or border (1/8–1/4 per side)."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                io.Int.Input("mask_seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Seed of the random masks. Default 0, range 0–2147483647."),
-                io.Combo.Input("depth", options=list(DEPTH_MODES), default=DEPTH_MODES[0],
+                io.Combo.Input("depth_mode", options=list(DEPTH_MODES), default=DEPTH_MODES[0],
                                tooltip="Where depth goes: at the known frames of generation tasks (default, as MfM "
                                        "was trained), at every frame with pixels, or nowhere."),
                 io.Int.Input("clip_frames", default=CLIP_FRAMES, min=1, max=64,
@@ -87,7 +87,7 @@ class MfMConditionBuilder(io.ComfyNode):
                 io.Mask.Input("mask", optional=True,
                               tooltip="Inpainting/outpainting mask in ComfyUI polarity: 1 = area to generate. One "
                                       "mask for all frames or one per frame, the input's size."),
-                io.Custom("UNICASCADE_DEPTH_MODEL").Input("depth_model", optional=True,
+                DEPTH_MODEL.Input("depth_model", optional=True,
                                                           tooltip="Depth Anything V2, computed on the fitted known "
                                                                   "frames as the official pipeline does."),
             ],
@@ -107,14 +107,14 @@ class MfMConditionBuilder(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, task=None, fit=None, mask_source=None, depth=None):
+    def validate_inputs(cls, task=None, fit=None, mask_source=None, depth_mode=None):
         return first_error(choice_error("task", task, TASK_LABELS), choice_error("fit", fit, FIT_MODES),
                            choice_error("mask_source", mask_source, MASK_SOURCES),
-                           choice_error("depth", depth, DEPTH_MODES))
+                           choice_error("depth_mode", depth_mode, DEPTH_MODES))
 
     @classmethod
-    def execute(cls, task, prompt, width, height, frames, fit, swap_portrait, motion_score, fps, mask_source, seed,
-                depth, clip_frames, image=None, last_image=None, video=None, video_b=None, mask=None,
+    def execute(cls, task, prompt, width, height, frames, fit, swap_portrait, motion_score, fps, mask_source, mask_seed,
+                depth_mode, clip_frames, image=None, last_image=None, video=None, video_b=None, mask=None,
                 depth_model=None) -> io.NodeOutput:
         depth_fn = None
         if depth_model is not None:
@@ -125,8 +125,8 @@ class MfMConditionBuilder(io.ComfyNode):
         keep = None if mask is None else 1.0 - mask.float()
         cond = build_condition(task_from_label(task), prompt, width, height, frames, image=image,
                                last_image=last_image, video=video, video_b=video_b, keep_mask=keep,
-                               mask_source=mask_source, seed=seed, fit=fit, swap_portrait=swap_portrait,
-                               depth_mode=depth, depth_fn=depth_fn, clip_frames=clip_frames,
+                               mask_source=mask_source, seed=mask_seed, fit=fit, swap_portrait=swap_portrait,
+                               depth_mode=depth_mode, depth_fn=depth_fn, clip_frames=clip_frames,
                                motion_score=motion_score, fps=fps)
         control, control_masks = cond.vace_control()
         preview = (cond.pixels + 1) / 2

@@ -2,7 +2,8 @@
 
 Widget values are matched to inputs the way the frontend does: in the node definition's input order (required,
 then optional), one value per widget input, plus one extra value after every INT input declared with
-``control_after_generate`` (the "fixed/randomize" control). Node definitions come from ``/object_info``.
+``control_after_generate`` — or named ``seed`` / ``noise_seed`` without that option set (the frontend adds the
+"fixed/randomize" control to those by name). Node definitions come from ``/object_info``.
 Used by the demo and tests; the browser tests check the frontend's own conversion on the same files.
 """
 from __future__ import annotations
@@ -30,7 +31,12 @@ def _options(spec) -> dict:
 
 def widget_names(definition: dict) -> list[tuple[str, bool]]:
     """(input name, has a control_after_generate value after it) for every widget input, in order."""
-    return [(name, bool(_options(spec).get("control_after_generate"))) for name, spec in _input_specs(definition)
+    def has_control(name, spec):
+        flag = _options(spec).get("control_after_generate")
+        if flag is not None:
+            return bool(flag)
+        return spec[0] == "INT" and name in ("seed", "noise_seed")
+    return [(name, has_control(name, spec)) for name, spec in _input_specs(definition)
             if _is_widget(spec) and not _options(spec).get("forceInput")]
 
 

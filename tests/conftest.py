@@ -51,11 +51,12 @@ def pack(comfy_in_process):
 @pytest.fixture(scope="session")
 def comfy_base(tmp_path_factory, comfy_in_process):
     from harness.comfy_server import prepare_base_directory
-    from harness.tiny_models import FIXTURE_NODES, write_fixture_models
+    from harness.tiny_models import FIXTURE_NODES, write_example_inputs, write_fixture_models
 
     base = str(tmp_path_factory.mktemp("comfy_base"))
     prepare_base_directory(base, [os.path.join(FIXTURE_NODES, "unicascade_test_fixtures")])
     write_fixture_models(os.path.join(base, "models"))
+    write_example_inputs(os.path.join(base, "input"))
     for module_name, function in EXTRA_FIXTURE_WRITERS:
         if os.path.exists(os.path.join(TESTS, *module_name.split(".")) + ".py"):
             getattr(importlib.import_module(module_name), function)(base)

@@ -41,6 +41,8 @@ def test_workflow_runs_from_the_browser(comfy, comfy_page, path):
     serialized = page.page.evaluate("() => window.app.graph.serialize()")
     ours = ui_to_api(serialized, comfy.object_info())
     theirs = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
+    for key in theirs:
+        assert ours.get(key) == theirs[key], f"{key}: {ours.get(key)} != {theirs[key]}"
     assert ours == theirs
     name = os.path.splitext(os.path.basename(path))[0]
     page.screenshot(name)
@@ -50,7 +52,8 @@ def test_workflow_runs_from_the_browser(comfy, comfy_page, path):
     assert outputs, "the workflow produced no outputs"
     for node_output in outputs.values():
         for image in node_output.get("images", []):
-            assert os.path.getsize(comfy.output_path(image["subfolder"], image["filename"])) > 0
+            folder = os.path.join(comfy.base, image.get("type", "output"))
+            assert os.path.getsize(os.path.join(folder, image["subfolder"], image["filename"])) > 0
     assert page.pack_errors() == []
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.server
 
 BUILDER = "UniCascadeMfMCondition"
 SETTINGS = dict(width=64, height=48, frames=9, fit="pad", swap_portrait=True, motion_score=5.0, fps=16,
-                mask_source="input mask", seed=0, depth="none", clip_frames=8)
+                mask_source="input mask", mask_seed=0, depth_mode="none", clip_frames=8)
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ def test_depth_at_the_known_frame_of_i2v_from_depth_anything(comfy, input_image)
     g = Graph()
     image = g.node("LoadImage", image=input_image[0])
     depth_model = g.node("UniCascadeDepthAnythingLoader", model_name=TINY, precision="auto")
-    cond = builder(g, "image-to-video (i2v)", image=image[0], depth="known frames of generation tasks (official)",
+    cond = builder(g, "image-to-video (i2v)", image=image[0], depth_mode="known frames of generation tasks (official)",
                    depth_model=depth_model[0])
     g.node("SaveImage", node_id="depth", images=cond[5], filename_prefix=f"{comfy.prefix}_depth")
     files = comfy.run(g.prompt())["outputs"]["depth"]["images"]

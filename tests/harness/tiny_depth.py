@@ -103,6 +103,15 @@ def write_depth_fixture_models(depth_dir: str) -> dict[str, str]:
     return folders
 
 
+PUBLISHED_NAME = "Depth-Anything-V2-Small-hf"  # the folder name shared workflows use
+
+
 def write_depth_fixtures(base: str) -> dict[str, str]:
-    """For tests/conftest.py: the fixture folders in ``<base>/models/depth_anything`` of a ComfyUI base directory."""
-    return write_depth_fixture_models(os.path.join(base, "models", "depth_anything"))
+    """For tests/conftest.py: the fixture folders in ``<base>/models/depth_anything`` of a ComfyUI base directory,
+    the tiny model also under the published model's folder name."""
+    folder = os.path.join(base, "models", "depth_anything")
+    paths = write_depth_fixture_models(folder)
+    published = os.path.join(folder, PUBLISHED_NAME)
+    if not os.path.lexists(published):
+        os.symlink(os.path.join(folder, TINY), published)
+    return paths

@@ -189,3 +189,28 @@ def write_unimmvsr_fixtures(models_dir: str, t2v_path: str) -> None:
     with open(os.path.join(folder, UNIMMVSR_TRUNCATED), "wb") as f:
         f.write(data[: len(data) // 2])
     shutil.copy(t2v_path, os.path.join(folder, UNIMMVSR_PLAIN_WAN))
+
+
+EXAMPLE_IMAGE = "unicascade_example.png"
+EXAMPLE_VIDEO = "unicascade_example.mp4"
+
+
+def write_example_inputs(input_dir: str) -> None:
+    """The input files the shared workflows name: a synthetic 320×192 image and a 9-frame 160×96 video."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    os.makedirs(input_dir, exist_ok=True)
+    yy, xx = np.mgrid[0:192, 0:320]
+    image = np.stack([xx * 255 // 319, yy * 255 // 191, (xx + yy) % 256], -1).astype(np.uint8)
+    Image.fromarray(image).save(os.path.join(input_dir, EXAMPLE_IMAGE))
+    with av.open(os.path.join(input_dir, EXAMPLE_VIDEO), "w") as container:
+        stream = container.add_stream("mpeg4", rate=16)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        for i in range(9):
+            frame = np.roll(image[::2, ::2], 8 * i, axis=1).copy()
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

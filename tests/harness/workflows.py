@@ -13,7 +13,10 @@ TINY_TEXT_ENCODER_LOADER = "UniCascadeTestTinyTextEncoderLoader"
 
 # Widget values a CPU can afford; set through the page's widgets, as a user would.
 CPU_WIDGETS = {
-    "EmptyHunyuanLatentVideo": {"width": 96, "height": 64, "length": 9},
+    "EmptyHunyuanLatentVideo": {"width": 64, "height": 48, "length": 9},
+    "UniCascadeMfMCondition": {"width": 64, "height": 48, "frames": 9},
+    "UniCascadeUniMMVSRUpsampler": {"width": 128, "height": 96},
+    "UniCascadeUniMMVSRReferences": {"width": 128, "height": 96},
     "KSampler": {"steps": 3},
     "KSamplerAdvanced": {"steps": 3},
     "BasicScheduler": {"steps": 3},
