@@ -134,3 +134,20 @@ def test_text_panel_shows_the_schedule_preview(comfy, page):
     values = page.page.evaluate(f"() => window.app.graph.getNodeById({preview}).serialize().widgets_values")
     assert len(values) == 5
     assert page.pack_errors() == []
+
+
+def test_reference_inputs_of_the_unimmvsr_node_grow_and_shrink(page):
+    node = page.page.evaluate(ADD_NODE, ["UniCascadeUniMMVSRReferences", 500, 100])
+    groups = lambda: [n for n, _ in inputs_of(page, node) if n.startswith(("id_image", "reference_video"))]
+    assert groups() == ["id_image_1", "reference_video_1"]
+    sources = [page.page.evaluate(ADD_NODE, ["EmptyImage", 50, 80 + 200 * i]) for i in range(3)]
+    connect(page, sources[0], node, "id_image_1")
+    connect(page, sources[1], node, "id_image_2")
+    connect(page, sources[2], node, "reference_video_1")
+    assert sorted(groups()) == ["id_image_1", "id_image_2", "id_image_3", "reference_video_1", "reference_video_2"]
+    disconnect(page, node, "id_image_1")
+    assert sorted(groups()) == ["id_image_1", "id_image_2", "reference_video_1", "reference_video_2"]
+    linked = page.page.evaluate(f"() => window.app.graph.getNodeById({node}).inputs"
+                                ".filter(i => i.link != null).map(i => i.name).sort()")
+    assert linked == ["id_image_1", "reference_video_1"]
+    assert page.pack_errors() == []
