@@ -79,3 +79,30 @@ def test_guider_combines_the_three_predictions_as_equation_2(pack, unimmvsr):
     want1 = p1["full"] + 3.0 * (p1["full"] - p1["no_text"])                                       # N_ref = 1: off
     assert torch.allclose(d0, want0, atol=1e-5) and torch.allclose(d1, want1, atol=1e-5)
     assert (p0["full"] - p0["no_ref"]).abs().max() > 1e-4  # the references matter to the prediction
+
+
+def test_wan22_48_channel_upscaler_samples_with_references(pack, tmp_path):
+    import comfy.samplers
+    from safetensors.torch import save_file
+
+    from core.unimmvsr.checkpoint import init_from_t2v
+    from core.unimmvsr.references import Reference
+    from harness.tiny_models import WAN_VARIANTS, WAN22_TI2V
+    sd, meta = init_from_t2v({k: v.float() for k, v in build_wan(seed=3, **WAN_VARIANTS[WAN22_TI2V]).state_dict().items()})
+    path = str(tmp_path / "wan22.safetensors")
+    save_file(sd, path, metadata=meta)
+    model = pack("model_loaders.unimmvsr").load_unimmvsr(path, "wan22.safetensors")
+    LRCondition = pack("nodes.unimmvsr_upsampler").LRCondition
+    g = torch.Generator().manual_seed(4)
+    lr = LRCondition(torch.randn(1, 48, 2, 4, 4, generator=g), 600.0)
+    refs = [Reference("id_image", torch.randn(1, 48, 1, 4, 4, generator=g))]
+    cond = [[torch.randn(1, 12, 4096, generator=g), {}]]
+    guider = pack("nodes.unimmvsr_guider").UniMMVSRGuider.execute(model, cond, cond, lr, 3.0, 1.0, 1, 0, 0, 16, 0, 4,
+                                                                  refs).result[0]
+    noise = torch.randn(1, 48, 2, 4, 4, generator=g)
+    out = guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"),
+                        torch.linspace(1, 0, 3), seed=0)
+    assert out.shape == (1, 48, 2, 4, 4) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="latent channels"):
+        pack("nodes.unimmvsr_guider").UniMMVSRGuider.execute(
+            model, cond, cond, LRCondition(torch.zeros(1, 16, 2, 4, 4), 600.0), 3.0, 1.0, 1, 0, 0, 16, 0, 4, refs)

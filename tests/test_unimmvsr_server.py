@@ -4,8 +4,8 @@ import torch
 
 from conftest import load_latent
 from harness.graph import Graph
-from harness.tiny_models import (UMT5, UNIMMVSR, UNIMMVSR_DELTA, UNIMMVSR_PLAIN_WAN, UNIMMVSR_TRUNCATED, WAN21_T2V,
-                                 WAN21_VAE)
+from harness.tiny_models import (UMT5, UNIMMVSR, UNIMMVSR_DELTA, UNIMMVSR_PLAIN_WAN, UNIMMVSR_TRUNCATED,
+                                 UNIMMVSR_WAN22, WAN21_T2V, WAN21_VAE, WAN22_TI2V)
 
 pytestmark = pytest.mark.server
 
@@ -30,6 +30,22 @@ def test_zero_initialised_upscaler_equals_its_t2v_parent_bitwise(comfy):
     parent = load_latent(comfy, f"{comfy.prefix}_parent")
     assert torch.equal(parent, load_latent(comfy, f"{comfy.prefix}_full"))
     assert torch.equal(parent, load_latent(comfy, f"{comfy.prefix}_delta"))
+
+
+def test_wan22_48_channel_upscaler_equals_its_parent_bitwise(comfy):
+    for name, loader in (("parent", ("UNETLoader", dict(unet_name=WAN22_TI2V, weight_dtype="default"))),
+                         ("up", ("UniCascadeUniMMVSRLoader", dict(unimmvsr_name=UNIMMVSR_WAN22)))):
+        g = Graph()
+        model = g.node(loader[0], **loader[1])
+        pos, neg = text(g, "a red cat runs")
+        vae = g.node("VAELoader", vae_name=WAN21_VAE)  # only gives Wan22ImageToVideoLatent its VAE input
+        latent = g.node("Wan22ImageToVideoLatent", vae=vae[0], width=64, height=64, length=5, batch_size=1)
+        out = g.node("KSampler", model=model[0], seed=5, steps=3, cfg=4.0, sampler_name="euler", scheduler="simple",
+                     positive=pos[0], negative=neg[0], latent_image=latent[0], denoise=1.0)
+        g.node("SaveLatent", samples=out[0], filename_prefix=f"{comfy.prefix}_{name}")
+        comfy.run(g.prompt())
+    parent = load_latent(comfy, f"{comfy.prefix}_parent")
+    assert parent.shape[1] == 48 and torch.equal(parent, load_latent(comfy, f"{comfy.prefix}_up"))
 
 
 def cascade_graph(comfy, prefix, *, references=True, ref_size=(64, 48), steps=4, tile=None, lr_frames=5,

@@ -27,6 +27,7 @@ SD3 = "sd3_medium.safetensors"
 UNIMMVSR = "unimmvsr_wan2.1_1.3B.safetensors"              # full checkpoint, zero-initialised from WAN21_T2V
 UNIMMVSR_DELTA = "unimmvsr_wan2.1_1.3B_delta.safetensors"  # the same as a delta over WAN21_T2V
 UNIMMVSR_TRUNCATED = "unimmvsr_truncated.safetensors"
+UNIMMVSR_WAN22 = "unimmvsr_wan2.2_5B.safetensors"          # from the 48-channel Wan 2.2 TI2V-layout parent
 UNIMMVSR_PLAIN_WAN = "plain_wan_in_unimmvsr_folder.safetensors"  # an MM-DiT that is neither Wan nor Flux: for "unsupported model" errors
 
 WAN_VARIANTS = {
@@ -151,7 +152,7 @@ def write_fixture_models(models_dir: str) -> dict[str, str]:
     paths[SD3] = os.path.join(dm_dir, SD3)
     if not os.path.exists(paths[SD3]):
         save_model(build_sd3(), paths[SD3])
-    write_unimmvsr_fixtures(models_dir, paths[WAN21_T2V])
+    write_unimmvsr_fixtures(models_dir, paths[WAN21_T2V], paths[WAN22_TI2V])
     vae_dir = os.path.join(models_dir, "vae")
     os.makedirs(vae_dir, exist_ok=True)
     paths[WAN21_VAE] = os.path.join(vae_dir, WAN21_VAE)
@@ -165,7 +166,7 @@ def write_fixture_models(models_dir: str) -> dict[str, str]:
     return paths
 
 
-def write_unimmvsr_fixtures(models_dir: str, t2v_path: str) -> None:
+def write_unimmvsr_fixtures(models_dir: str, t2v_path: str, wan22_path: str) -> None:
     """UniMMVSR checkpoints made from the tiny T2V parent the way users make theirs (scripts/unimmvsr_init.py)."""
     import shutil
 
@@ -189,6 +190,8 @@ def write_unimmvsr_fixtures(models_dir: str, t2v_path: str) -> None:
     with open(os.path.join(folder, UNIMMVSR_TRUNCATED), "wb") as f:
         f.write(data[: len(data) // 2])
     shutil.copy(t2v_path, os.path.join(folder, UNIMMVSR_PLAIN_WAN))
+    sd22, meta22 = init_from_t2v(load_file(wan22_path))
+    save_file(sd22, os.path.join(folder, UNIMMVSR_WAN22), metadata=meta22)
 
 
 EXAMPLE_IMAGE = "unicascade_example.png"
