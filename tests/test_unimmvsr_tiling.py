@@ -9,18 +9,18 @@ TILE_PX, OVERLAP_PX = 96, 32          # 12×12 latent tiles, 4 latent overlap
 H, W = 16, 28                          # latent 16×28 (128×224 px): 2 rows × 3 columns of tiles
 
 
-def sample(pack, model, tile):
+def sample(pack, model, tile, frames=2, chunk=(0, 4)):
     import comfy.samplers
 
     guider_node = pack("nodes.unimmvsr_guider").UniMMVSRGuider
     LRCondition = pack("nodes.unimmvsr_upsampler").LRCondition
     g = torch.Generator().manual_seed(7)
-    lr = LRCondition(torch.randn(1, 16, 2, H, W, generator=g) * 0.5, 200.0)
+    lr = LRCondition(torch.randn(1, 16, frames, H, W, generator=g) * 0.5, 200.0)
     positive = [[torch.randn(1, 12, 4096, generator=g), {}]]
     negative = [[torch.randn(1, 12, 4096, generator=g), {}]]
     args = (TILE_PX, TILE_PX) if tile else (0, 0)
-    guider = guider_node.execute(model, positive, negative, lr, 3.0, 0.0, 0, *args, OVERLAP_PX, 0, 4).result[0]
-    noise = torch.randn(1, 16, 2, H, W, generator=g)
+    guider = guider_node.execute(model, positive, negative, lr, 3.0, 0.0, 0, *args, OVERLAP_PX, *chunk).result[0]
+    noise = torch.randn(1, 16, frames, H, W, generator=g)
     sigmas = torch.linspace(1.0, 0.0, 5)
     return guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"), sigmas, seed=0)
 
@@ -45,3 +45,23 @@ def test_tiled_close_to_untiled_and_seamless(pack, unimmvsr):  # noqa: F811
     print(f"relative difference tiled/untiled {rel:.3f}; border/interior gradient x {border_x / inner_x:.3f}, "
           f"y {border_y / inner_y:.3f}")
     assert border_x <= 1.25 * inner_x and border_y <= 1.25 * inner_y
+
+
+def test_temporal_chunks_close_to_untiled(pack, unimmvsr):  # noqa: F811
+    """4 latent frames (13 video frames) in chunks of 2 latent frames (5 frames) overlapping by 1 (4 frames)."""
+    whole = sample(pack, unimmvsr, False, frames=4)
+    chunked = sample(pack, unimmvsr, False, frames=4, chunk=(5, 4))
+    rel = ((chunked - whole).norm() / whole.norm()).item()
+    assert 0 < rel < 0.05, rel
+
+
+def test_lr_and_sampled_latent_must_match(pack, unimmvsr):  # noqa: F811
+    import comfy.samplers
+
+    LRCondition = pack("nodes.unimmvsr_upsampler").LRCondition
+    cond = [[torch.randn(1, 12, 4096), {}]]
+    guider = pack("nodes.unimmvsr_guider").UniMMVSRGuider.execute(
+        unimmvsr, cond, cond, LRCondition(torch.zeros(1, 16, 3, 8, 8), 600.0), 3.0, 0.0, 0, 0, 0, 16, 0, 4).result[0]
+    noise = torch.randn(1, 16, 2, 8, 8)
+    with pytest.raises(ValueError, match="the LR condition is \\(3, 8, 8\\).*latent being sampled is \\(2, 8, 8\\)"):
+        guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"), torch.linspace(1, 0, 3))
