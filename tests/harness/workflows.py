@@ -20,6 +20,7 @@ CPU_WIDGETS = {
     "KSampler": {"steps": 3},
     "KSamplerAdvanced": {"steps": 3},
     "BasicScheduler": {"steps": 3},
+    "UniCascadePyramidReflectionQA": {"max_new_tokens": 16},
 }
 
 

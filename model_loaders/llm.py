@@ -1,0 +1,311 @@
+"""LLM / VLM backends for Pyramid Reflection (UniVid §2.4; SPEC §4): a local transformers model (a Hugging Face
+folder or a GGUF file under ``models/LLM``) wrapped for ComfyUI's memory manager, and an OpenAI-compatible HTTP
+endpoint. Both output a ``UNICASCADE_LLM`` the QA node gives its roles (Actor, Evaluator, Reflector …).
+
+Local weights: ``*.safetensors`` only for folders (pickled checkpoints are never opened), or one ``.gguf`` file
+(transformers dequantises it; text models only). Vision-language models (e.g. Qwen2.5-VL) are recognised from
+their config and loaded with their processor. The endpoint's API key is read from an environment variable at
+each call: its name is a widget, the key itself never is.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from dataclasses import dataclass
+
+import comfy.model_management
+import comfy.model_patcher
+import torch
+from comfy_api.latest import io
+
+from ..core.reflection.backend import ChatRequest
+from ..core.reflection.http_chat import ConfigError, OpenAIChat, check_base_url, check_key_env
+from ..core.reflection.images import to_pil
+from ..core.reflection.model_folder import (check_gguf, check_safetensors, fingerprint, list_folders, list_gguf,
+                                            read_config, resolve, signature)
+from ..nodes.naming import category, node_id
+from ..nodes.validation import choice_error, first_error
+
+FOLDER_KEY = "LLM"
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+DEFAULT_URL = "http://127.0.0.1:8080/v1"
+DEFAULT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_BACKOFF = 120.0, 2, 1.0
+
+LLM = io.Custom("UNICASCADE_LLM")
+
+
+class Holder(torch.nn.Module):
+    """Gives ModelPatcher a plain module: it sets ``.device`` on its model, a read-only property of transformers'."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+
+def choose_dtype(precision: str, device) -> torch.dtype:
+    if precision != "auto":
+        return DTYPES[precision]
+    if comfy.model_management.should_use_fp16(device):
+        return torch.float16
+    if comfy.model_management.should_use_bf16(device):
+        return torch.bfloat16
+    return torch.float32
+
+
+def managed(net: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
+    """The model on ComfyUI's offload device, in a ModelPatcher with ComfyUI's load/offload devices."""
+    load_device = comfy.model_management.get_torch_device()
+    offload_device = comfy.model_management.unet_offload_device()
+    net = net.to(offload_device).eval().requires_grad_(False)
+    return comfy.model_patcher.ModelPatcher(Holder(net), load_device=load_device, offload_device=offload_device)
+
+
+def precision_input():
+    return io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
+                          tooltip="Weights dtype. Default auto: fp16 or bf16 where ComfyUI says the device supports "
+                                  "it, else fp32 (always on a CPU). fp32/fp16/bf16 force one.")
+
+
+def check_choices(model_name, precision, names: list[str]):
+    """validate_inputs of a loader: the model is listed and the precision known."""
+    return first_error(choice_error("model_name", model_name, names), choice_error("precision", precision, PRECISIONS))
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict:
+    import transformers
+
+    old = tuple(int(p) for p in transformers.__version__.split(".")[:2]) < (4, 56)
+    return {"torch_dtype" if old else "dtype": dtype}
+
+
+# -- local transformers backend -------------------------------------------------------------------------------
+@dataclass(eq=False)
+class TransformersChat:
+    """A ChatBackend running a local transformers model greedily (deterministic answers)."""
+    patcher: comfy.model_patcher.ModelPatcher
+    processor: object            # AutoProcessor (vision) or tokenizer (text)
+    vision: bool
+    label: str
+    key: tuple
+    dtype: torch.dtype
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    @property
+    def supports_images(self) -> bool:
+        return self.vision
+
+    @property
+    def cache_key(self) -> tuple:
+        return self.key
+
+    def _tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def _inputs(self, request: ChatRequest) -> dict:
+        if request.images and not self.vision:
+            raise ValueError(f"{self.label} is a text model but the {request.role} role sends images")
+        if self.vision:
+            user = [{"type": "image"} for _ in request.images] + [{"type": "text", "text": request.user}]
+            messages = [{"role": "system", "content": [{"type": "text", "text": request.system}]},
+                        {"role": "user", "content": user}]
+            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            images = [to_pil(img, request.image_max_side) for img in request.images] or None
+            return dict(self.processor(text=[text], images=images, return_tensors="pt"))
+        tokenizer = self._tokenizer()
+        messages = [{"role": "system", "content": request.system}, {"role": "user", "content": request.user}]
+        if getattr(tokenizer, "chat_template", None):
+            return dict(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                      return_dict=True))
+        prompt = f"System: {request.system}\n\nUser: {request.user}\n\nAssistant:"
+        return dict(tokenizer(prompt, return_tensors="pt"))
+
+    def chat(self, request: ChatRequest) -> str:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class Interrupted(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return comfy.model_management.processing_interrupted()
+
+        # Full load: transformers' modules are not comfy.ops, so a partial (lowvram) load would leave some behind.
+        comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
+        net, device = self.patcher.model.net, self.patcher.load_device
+        inputs = {k: (v.to(device, self.dtype) if torch.is_floating_point(v) else v.to(device))
+                  for k, v in self._inputs(request).items() if isinstance(v, torch.Tensor)}
+        tokenizer = self._tokenizer()
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        with torch.inference_mode():
+            out = net.generate(**inputs, max_new_tokens=int(request.max_new_tokens), do_sample=False,
+                               pad_token_id=pad, stopping_criteria=StoppingCriteriaList([Interrupted()]))
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def model_roots() -> list[str]:
+    import folder_paths
+
+    return folder_paths.get_folder_paths(FOLDER_KEY)
+
+
+def list_models() -> list[str]:
+    roots = model_roots()
+    return list_folders(roots) + list_gguf(roots)
+
+
+def model_kind(folder: str, config: dict) -> str:
+    """'vision' or 'text' from the config's model_type, as transformers' Auto classes would map it."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+
+    model_type = config.get("model_type")
+    has_processor = any(os.path.isfile(os.path.join(folder, f)) for f in PROCESSOR_FILES)
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES and has_processor:
+        return "vision"
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "text"
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise ValueError(f"{folder}: a vision-language model ({model_type!r}) without its processor files "
+                         f"({' or '.join(PROCESSOR_FILES)})")
+    raise ValueError(f"{folder}: config.json describes a {model_type!r} model, which is neither a text LLM nor a "
+                     "vision-language model transformers can generate with")
+
+
+_LOADED: "weakref.WeakValueDictionary[tuple, TransformersChat]" = weakref.WeakValueDictionary()
+
+
+def load_local(name: str, precision: str) -> TransformersChat:
+    folder, gguf = resolve(name, model_roots())
+    load_device = comfy.model_management.get_torch_device()
+    dtype = choose_dtype(precision, load_device)
+    if gguf:
+        check_gguf(os.path.join(folder, gguf))
+        kind, files = "text", [gguf]
+    else:
+        kind = model_kind(folder, read_config(folder))
+        files = ["config.json", *check_safetensors(folder)]
+    key = ("local", os.path.realpath(folder), gguf, str(dtype), signature(folder, files))
+    cached = _LOADED.get(key)
+    if cached is not None:
+        return cached
+    logging.info("UniCascade: loading %s model %s (%s)", kind, os.path.join(folder, gguf or ""),
+                 str(dtype).removeprefix("torch."))
+    try:
+        net, processor = _from_pretrained(folder, gguf, kind, dtype)
+    except Exception as e:
+        raise RuntimeError(f"could not load {name} from {folder}: {e}") from e
+    backend = TransformersChat(managed(net), processor, kind == "vision", f"{name} (local)", key, dtype)
+    _LOADED[key] = backend
+    return backend
+
+
+def _from_pretrained(folder: str, gguf: str | None, kind: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    common = dict(local_files_only=True, **dtype_kwargs(dtype))
+    if gguf:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf, local_files_only=True)
+        return AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, **common), tokenizer
+    if kind == "vision":
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        return AutoModelForImageTextToText.from_pretrained(folder, use_safetensors=True, **common), processor
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, **common), tokenizer
+
+
+class LocalLLMLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=node_id("LocalLLMLoader"),
+            display_name="LLM / VLM Loader (local)",
+            category=category("loaders"),
+            description=("Loads a text LLM or a vision-language model (e.g. Qwen2.5-VL) from models/LLM through "
+                         "transformers, for the Pyramid Reflection QA node: a Hugging Face folder (config.json, "
+                         "*.safetensors, tokenizer/processor files) or a .gguf file (text models; dequantised on "
+                         "load). Generation is greedy. Managed by ComfyUI's model memory manager."),
+            inputs=[
+                io.Combo.Input("model_name", options=list_models(),
+                               tooltip="A folder with config.json and *.safetensors, or a .gguf file (also one "
+                                       "folder down), in models/LLM or an LLM path of extra_model_paths.yaml."),
+                precision_input(),
+            ],
+            outputs=[LLM.Output(display_name="llm", tooltip="For the vlm, llm or reflector input of the QA node.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model_name=None, precision=None):
+        return check_choices(model_name, precision, list_models())
+
+    @classmethod
+    def fingerprint_inputs(cls, model_name, precision):
+        """Stable while the files are unchanged (ComfyUI's cache is reused); changes when they do."""
+        return model_name, precision, fingerprint(model_name, model_roots())
+
+    @classmethod
+    def execute(cls, model_name, precision) -> io.NodeOutput:
+        return io.NodeOutput(load_local(model_name, precision))
+
+
+# -- OpenAI-compatible endpoint -------------------------------------------------------------------------------
+class OpenAICompatibleLLM(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=node_id("OpenAICompatibleLLM"),
+            display_name="LLM / VLM (OpenAI-compatible endpoint)",
+            category=category("loaders"),
+            description=("A chat model behind an OpenAI-compatible HTTP API (llama.cpp server, vLLM, Ollama, "
+                         "LM Studio, hosted APIs) for the Pyramid Reflection QA node. Frames are sent as image "
+                         "content when 'vision' is on. The API key is read from the environment variable you name "
+                         "here when a request is made; it never appears in the workflow, outputs or logs."),
+            inputs=[
+                io.String.Input("base_url", default=DEFAULT_URL,
+                                tooltip=f"The API root; /chat/completions is appended. Default {DEFAULT_URL} "
+                                        "(a llama.cpp server on this machine)."),
+                io.String.Input("model", default="",
+                                tooltip="Model name sent with each request. Default empty: not sent (servers "
+                                        "with a single model, such as llama.cpp's, ignore it)."),
+                io.String.Input("api_key_env", default="",
+                                tooltip="NAME of the environment variable that holds the API key (e.g. "
+                                        "OPENAI_API_KEY), never the key. Default empty: no key is sent."),
+                io.Boolean.Input("vision", default=True,
+                                 tooltip="Default on: the model takes images (needed for the vlm input: Actor and "
+                                         "frame notes). Off for text-only models (llm and reflector inputs)."),
+                io.Float.Input("timeout", default=DEFAULT_TIMEOUT, min=0.1, max=3600.0, step=0.5,
+                               tooltip=f"Seconds to wait for the server's reply. Default {DEFAULT_TIMEOUT:g}, range "
+                                       "0.1–3600."),
+                io.Int.Input("retries", default=DEFAULT_RETRIES, min=0, max=10,
+                             tooltip=f"Retries after a timeout, a refused connection, HTTP 408/429/5xx. Default "
+                                     f"{DEFAULT_RETRIES}, range 0–10."),
+                io.Float.Input("backoff", default=DEFAULT_BACKOFF, min=0.0, max=60.0, step=0.1,
+                               tooltip=f"Seconds before the first retry, doubling each time (a Retry-After header "
+                                       f"wins). Default {DEFAULT_BACKOFF:g}, range 0–60."),
+                io.Float.Input("temperature", default=0.0, min=0.0, max=2.0, step=0.05,
+                               tooltip="Sampling temperature. Default 0 (most deterministic), range 0–2."),
+            ],
+            outputs=[LLM.Output(display_name="llm", tooltip="For the vlm, llm or reflector input of the QA node.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, base_url=None, api_key_env=None):
+        try:
+            if base_url is not None:
+                check_base_url(base_url)
+            if api_key_env is not None:
+                check_key_env(api_key_env)
+        except ConfigError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, base_url, model, api_key_env, vision, timeout, retries, backoff,
+                temperature) -> io.NodeOutput:
+        backend = OpenAIChat(base_url=base_url, model=model, api_key_env=api_key_env, vision=vision,
+                             timeout=timeout, retries=retries, backoff=backoff, temperature=temperature)
+        backend.api_key()  # a missing key variable is reported here, before any frame is embedded
+        return io.NodeOutput(backend)
