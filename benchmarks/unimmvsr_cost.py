@@ -68,9 +68,11 @@ def cost(repeats: int = 5) -> None:
     sigma = torch.tensor([0.7])
     print(f"model dim {dim}, {layers} layers; target {t} latent frames × {tokens_per_frame} tokens = "
           f"{t * tokens_per_frame} tokens; text {ctx} tokens")
+    import comfy.model_management
+    comfy.model_management.load_models_gpu([model])  # applies the object patches, as sampling does
     configs = {}
     for refs_frames in (0, 1, 3, 5):
-        options = {keys.AUG_T_KEY: 600.0}
+        options = {keys.AUG_T_KEY: 600.0, "wrappers": model.wrappers}  # the wrappers sampling passes down
         if refs_frames:
             lay = layout(t, [1] * min(refs_frames, 3), [refs_frames - 3] if refs_frames > 3 else [])
             options[keys.REFERENCES_KEY] = keys.ReferenceTokens(torch.randn(1, 16, refs_frames, h, w, generator=g), lay)
