@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
-import importlib.util
 import os
 import shutil
 import statistics
@@ -34,13 +32,8 @@ MB = 1024 * 1024
 
 
 def load_pack():
-    spec = importlib.util.spec_from_file_location("unicascade_pack", os.path.join(REPO, "__init__.py"),
-                                                  submodule_search_locations=[REPO])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["unicascade_pack"] = module
-    spec.loader.exec_module(module)
-    return (importlib.import_module("unicascade_pack.model_loaders.depth_anything"),
-            importlib.import_module("unicascade_pack.nodes.depth_estimator"))
+    from harness.paths import pack_module
+    return pack_module("model_loaders.depth_anything"), pack_module("nodes.depth_estimator")
 
 
 class PeakRSS:

@@ -12,8 +12,6 @@ model calls, images sent to the Actor, and the ratio to a baseline that sends al
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -69,13 +67,8 @@ class ScriptedText:
 
 
 def load_pack():
-    spec = importlib.util.spec_from_file_location("unicascade_pack", os.path.join(REPO, "__init__.py"),
-                                                  submodule_search_locations=[REPO])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["unicascade_pack"] = module
-    spec.loader.exec_module(module)
-    return {name: importlib.import_module(f"unicascade_pack.{name}")
-            for name in ("model_loaders.siglip", "model_loaders.llm", "nodes.pyramid_reflection")}
+    from harness.paths import pack_module
+    return {name: pack_module(name) for name in ("model_loaders.siglip", "model_loaders.llm", "nodes.pyramid_reflection")}
 
 
 def decode(path):

@@ -9,8 +9,6 @@ euler. Runs alternate unpatched/patched after a warm-up and the ratio of medians
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import os
 import statistics
 import sys
@@ -19,16 +17,11 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from harness.paths import use_comfy_in_process  # noqa: E402
+from harness.paths import pack_module, use_comfy_in_process  # noqa: E402
 
 
 def load_pack():
-    spec = importlib.util.spec_from_file_location("unicascade_pack", os.path.join(REPO, "__init__.py"),
-                                                  submodule_search_locations=[REPO])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["unicascade_pack"] = module
-    spec.loader.exec_module(module)
-    return importlib.import_module("unicascade_pack.nodes.tma_boost")
+    return pack_module("nodes.tma_boost")
 
 
 def main() -> None:

@@ -9,8 +9,6 @@
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import statistics
@@ -28,12 +26,8 @@ def load_pack():
     use_comfy_in_process()
     import comfy.cli_args
     comfy.cli_args.args.use_pytorch_cross_attention = True  # PyTorch SDPA, the usual attention path
-    spec = importlib.util.spec_from_file_location("unicascade_pack", os.path.join(REPO, "__init__.py"),
-                                                  submodule_search_locations=[REPO])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["unicascade_pack"] = module
-    spec.loader.exec_module(module)
-    return lambda name: importlib.import_module(f"unicascade_pack.{name}")
+    from harness.paths import pack_module
+    return pack_module
 
 
 def make_upscaler(pack, dim, layers, ffn, path):

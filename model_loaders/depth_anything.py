@@ -7,7 +7,6 @@ same precision while its loaded model is still alive (ComfyUI's node cache holds
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import weakref
@@ -20,25 +19,16 @@ import torch
 from comfy_api.latest import io
 
 from ..core.depth.preprocess import PreprocessConfig, depth_to_frame_size, preprocess
+from ..core.model_folders import (check_safetensors, fingerprint, list_folders, read_config, resolve,
+                                   signature)
 from ..nodes.naming import category, node_id
-from ..nodes.validation import choice_error, first_error
+from .transformers_models import check_choices, choose_dtype, dtype_kwargs, managed, precision_input
 
 FOLDER_KEY = "depth_anything"
 MODEL_TYPE = "depth_anything"
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_BATCH = 8
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 DEPTH_MODEL = io.Custom("UNICASCADE_DEPTH_MODEL")
-
-
-class _Holder(torch.nn.Module):
-    """Gives ModelPatcher a plain module: it sets ``.device`` on its model, a read-only property of transformers'."""
-
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
 
 
 @dataclass(eq=False)
@@ -104,67 +94,20 @@ def model_roots() -> list[str]:
 
 def list_models() -> list[str]:
     """Sub-folders holding a config.json, over every registered location (the first one wins a name)."""
-    names: list[str] = []
-    for root in model_roots():
-        if os.path.isdir(root):
-            for entry in sorted(os.listdir(root)):
-                if entry not in names and os.path.isfile(os.path.join(root, entry, "config.json")):
-                    names.append(entry)
-    return names
+    return list_folders(model_roots())
 
 
 def resolve_folder(name: str) -> str:
-    if name in ("", ".", "..") or os.sep in name or (os.altsep and os.altsep in name):
-        raise ValueError(f"model_name: {name!r} is not a folder name")
-    for root in model_roots():
-        folder = os.path.join(root, name)
-        if os.path.isfile(os.path.join(folder, "config.json")):
-            return folder
-    raise FileNotFoundError(f"model_name: no folder {name!r} with a config.json in {', '.join(model_roots())}")
+    return resolve(name, model_roots(), gguf=False)[0]
 
 
 def check_folder(folder: str) -> list[str]:
     """Refuse what is not a Depth Anything folder with safetensors weights; return the weight files."""
-    try:
-        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-            config = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{folder}/config.json is not valid JSON: {e}") from None
-    found = config.get("model_type") if isinstance(config, dict) else None
+    found = read_config(folder).get("model_type")
     if found != MODEL_TYPE:
         raise ValueError(f"{folder}: config.json describes a {found!r} model, not Depth Anything "
                          f"(model_type {MODEL_TYPE!r})")
-    files = sorted(os.listdir(folder))
-    weights = [f for f in files if f.endswith(".safetensors")]
-    if not weights:
-        pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
-        seen = f" (found {', '.join(pickles)})" if pickles else ""
-        raise ValueError(f"{folder}: no .safetensors weights{seen}; only safetensors are loaded, pickled "
-                         f"checkpoints are never opened")
-    from safetensors import safe_open
-
-    for name in weights:
-        try:
-            with safe_open(os.path.join(folder, name), framework="pt") as f:
-                f.keys()
-        except Exception as e:
-            raise ValueError(f"{folder}/{name} is truncated or corrupt ({e}); download it again") from None
-    return weights
-
-
-def choose_dtype(precision: str, device) -> torch.dtype:
-    if precision != "auto":
-        return DTYPES[precision]
-    if comfy.model_management.should_use_fp16(device):
-        return torch.float16
-    if comfy.model_management.should_use_bf16(device):
-        return torch.bfloat16
-    return torch.float32
-
-
-def _signature(folder: str, weights: list[str]) -> tuple:
-    stats = [os.stat(os.path.join(folder, name)) for name in ["config.json", *weights]]
-    return tuple((s.st_mtime_ns, s.st_size) for s in stats)
+    return check_safetensors(folder)
 
 
 _LOADED: "weakref.WeakValueDictionary[tuple, DepthAnythingModel]" = weakref.WeakValueDictionary()
@@ -173,10 +116,8 @@ _LOADED: "weakref.WeakValueDictionary[tuple, DepthAnythingModel]" = weakref.Weak
 def load_depth_model(name: str, precision: str) -> DepthAnythingModel:
     folder = resolve_folder(name)
     weights = check_folder(folder)
-    load_device = comfy.model_management.get_torch_device()
-    offload_device = comfy.model_management.unet_offload_device()
-    dtype = choose_dtype(precision, load_device)
-    key = (os.path.realpath(folder), dtype, _signature(folder, weights))
+    dtype = choose_dtype(precision, comfy.model_management.get_torch_device())
+    key = (os.path.realpath(folder), dtype, signature(folder, ["config.json", *weights]))
     cached = _LOADED.get(key)
     if cached is not None:
         return cached
@@ -185,22 +126,18 @@ def load_depth_model(name: str, precision: str) -> DepthAnythingModel:
         logging.warning("UniCascade: %s has no preprocessor_config.json; using Depth Anything V2's values", folder)
         config = PreprocessConfig()
     logging.info("UniCascade: loading Depth Anything from %s (%s)", folder, str(dtype).removeprefix("torch."))
-    net = _from_pretrained(folder, dtype).to(offload_device).eval().requires_grad_(False)
-    patcher = comfy.model_patcher.ModelPatcher(_Holder(net), load_device=load_device, offload_device=offload_device)
+    patcher = managed(_from_pretrained(folder, dtype))
     model = DepthAnythingModel(patcher=patcher, preprocess=config, folder=folder, dtype=dtype)
     _LOADED[key] = model
     return model
 
 
 def _from_pretrained(folder: str, dtype: torch.dtype):
-    import transformers
     from transformers import AutoModelForDepthEstimation
 
-    old = tuple(int(p) for p in transformers.__version__.split(".")[:2]) < (4, 56)
-    kwargs = {"torch_dtype" if old else "dtype": dtype}
     try:
         return AutoModelForDepthEstimation.from_pretrained(folder, use_safetensors=True, local_files_only=True,
-                                                           **kwargs)
+                                                           **dtype_kwargs(dtype))
     except Exception as e:
         raise RuntimeError(f"could not load Depth Anything from {folder}: {e}") from e
 
@@ -219,27 +156,19 @@ class DepthAnythingLoader(io.ComfyNode):
                 io.Combo.Input("model_name", options=list_models(),
                                tooltip="A sub-folder of models/depth_anything (or of a depth_anything path in "
                                        "extra_model_paths.yaml) that holds config.json and *.safetensors."),
-                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
-                               tooltip="Weights dtype. Default auto: fp16 or bf16 where ComfyUI says the device "
-                                       "supports it, else fp32 (always on a CPU). fp32/fp16/bf16 force one."),
+                precision_input(),
             ],
             outputs=[DEPTH_MODEL.Output(display_name="depth_model")],
         )
 
     @classmethod
     def validate_inputs(cls, model_name=None, precision=None):
-        return first_error(choice_error("model_name", model_name, list_models()),
-                           choice_error("precision", precision, PRECISIONS))
+        return check_choices(model_name, precision, list_models())
 
     @classmethod
     def fingerprint_inputs(cls, model_name, precision):
         """Stable while the folder's files are unchanged (so ComfyUI's cache is reused); changes when they do."""
-        try:
-            folder = resolve_folder(model_name)
-            files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
-            return model_name, precision, _signature(folder, files)
-        except (OSError, ValueError):
-            return model_name, precision
+        return model_name, precision, fingerprint(model_name, model_roots())
 
     @classmethod
     def execute(cls, model_name, precision) -> io.NodeOutput:

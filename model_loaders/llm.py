@@ -22,63 +22,17 @@ from comfy_api.latest import io
 from ..core.reflection.backend import ChatRequest
 from ..core.reflection.http_chat import ConfigError, OpenAIChat, check_base_url, check_key_env
 from ..core.reflection.images import to_pil
-from ..core.reflection.model_folder import (check_gguf, check_safetensors, fingerprint, list_folders, list_gguf,
+from ..core.model_folders import (check_gguf, check_safetensors, fingerprint, list_folders, list_gguf,
                                             read_config, resolve, signature)
 from ..nodes.naming import category, node_id
-from ..nodes.validation import choice_error, first_error
+from .transformers_models import check_choices, choose_dtype, dtype_kwargs, managed, precision_input
 
 FOLDER_KEY = "LLM"
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 DEFAULT_URL = "http://127.0.0.1:8080/v1"
 DEFAULT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_BACKOFF = 120.0, 2, 1.0
 
 LLM = io.Custom("UNICASCADE_LLM")
-
-
-class Holder(torch.nn.Module):
-    """Gives ModelPatcher a plain module: it sets ``.device`` on its model, a read-only property of transformers'."""
-
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
-
-
-def choose_dtype(precision: str, device) -> torch.dtype:
-    if precision != "auto":
-        return DTYPES[precision]
-    if comfy.model_management.should_use_fp16(device):
-        return torch.float16
-    if comfy.model_management.should_use_bf16(device):
-        return torch.bfloat16
-    return torch.float32
-
-
-def managed(net: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
-    """The model on ComfyUI's offload device, in a ModelPatcher with ComfyUI's load/offload devices."""
-    load_device = comfy.model_management.get_torch_device()
-    offload_device = comfy.model_management.unet_offload_device()
-    net = net.to(offload_device).eval().requires_grad_(False)
-    return comfy.model_patcher.ModelPatcher(Holder(net), load_device=load_device, offload_device=offload_device)
-
-
-def precision_input():
-    return io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
-                          tooltip="Weights dtype. Default auto: fp16 or bf16 where ComfyUI says the device supports "
-                                  "it, else fp32 (always on a CPU). fp32/fp16/bf16 force one.")
-
-
-def check_choices(model_name, precision, names: list[str]):
-    """validate_inputs of a loader: the model is listed and the precision known."""
-    return first_error(choice_error("model_name", model_name, names), choice_error("precision", precision, PRECISIONS))
-
-
-def dtype_kwargs(dtype: torch.dtype) -> dict:
-    import transformers
-
-    old = tuple(int(p) for p in transformers.__version__.split(".")[:2]) < (4, 56)
-    return {"torch_dtype" if old else "dtype": dtype}
 
 
 # -- local transformers backend -------------------------------------------------------------------------------

@@ -15,12 +15,12 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..core.reflection.model_folder import (check_safetensors, fingerprint, list_folders, read_config, resolve,
+from ..core.model_folders import (check_safetensors, fingerprint, list_folders, read_config, resolve,
                                             signature)
 from ..core.reflection.params import EMBED_BATCH
 from ..core.reflection.retrieval import normalize
 from ..nodes.naming import category, node_id
-from .llm import check_choices, choose_dtype, dtype_kwargs, managed, precision_input
+from .transformers_models import check_choices, choose_dtype, dtype_kwargs, managed, precision_input
 
 FOLDER_KEY = "siglip"
 MODEL_TYPES = ("siglip2",)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -14,9 +13,7 @@ import pytest
 TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TESTS)
 
-from harness.paths import REPO, use_comfy_in_process  # noqa: E402
-
-PACK_MODULE = "unicascade_pack"
+from harness.paths import REPO, pack_module, use_comfy_in_process  # noqa: E402
 
 # (module, function(base_dir)): more fixture models/inputs a capability needs in the server's base directory
 EXTRA_FIXTURE_WRITERS = [
@@ -36,16 +33,7 @@ def comfy_in_process():
 @pytest.fixture(scope="session")
 def pack(comfy_in_process):
     """The pack imported as a package, as ComfyUI imports it (relative imports and all)."""
-    if PACK_MODULE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_MODULE, os.path.join(REPO, "__init__.py"),
-                                                      submodule_search_locations=[REPO])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_MODULE] = module
-        spec.loader.exec_module(module)
-
-    def load(name: str):
-        return importlib.import_module(f"{PACK_MODULE}.{name}")
-    return load
+    return pack_module
 
 
 @pytest.fixture(scope="session")

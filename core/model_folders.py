@@ -1,4 +1,4 @@
-"""Model folders of the reflection loaders (``models/siglip``, ``models/LLM``): listing, safe name resolution, and
+"""Hugging Face model folders of the loaders (Depth Anything, SigLIP2, LLMs): listing, safe name resolution, and
 the checks made before transformers reads anything — safetensors weights only (pickled checkpoints are never
 opened), GGUF files only for GGUF models."""
 from __future__ import annotations
@@ -36,25 +36,28 @@ def list_gguf(roots: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _safe_parts(name: str, field: str) -> list[str]:
+def _safe_parts(name: str, field: str, gguf: bool) -> list[str]:
     parts = str(name).replace("\\", "/").split("/")
-    if not name or any(p in ("", ".", "..") for p in parts) or os.path.isabs(name) or len(parts) > 2:
-        raise ValueError(f"{field}: {name!r} is not a model name from the list")
+    if not name or any(p in ("", ".", "..") for p in parts) or os.path.isabs(name) or len(parts) > (2 if gguf else 1):
+        raise ValueError(f"{field}: {name!r} is not a " + ("model name from the list" if gguf else "folder name"))
     return parts
 
 
-def resolve(name: str, roots: list[str], field: str = "model_name") -> tuple[str, str | None]:
-    """(folder, gguf file name or None) for a listed name; FileNotFoundError naming the roots otherwise."""
-    parts = _safe_parts(name, field)
+def resolve(name: str, roots: list[str], field: str = "model_name", gguf: bool = True) -> tuple[str, str | None]:
+    """(folder, gguf file name or None) for a listed name; FileNotFoundError naming the roots otherwise.
+    ``gguf=False``: only Hugging Face folders are accepted."""
+    parts = _safe_parts(name, field, gguf)
     for root in roots:
         path = os.path.join(root, *parts)
         if parts[-1].endswith(GGUF):
-            if os.path.isfile(path):
+            if gguf and os.path.isfile(path):
                 return os.path.dirname(path), parts[-1]
         elif len(parts) == 1 and os.path.isfile(os.path.join(path, "config.json")):
             return path, None
-    raise FileNotFoundError(f"{field}: no model {name!r} (a folder with config.json, or a .gguf file) in "
-                            f"{', '.join(roots) or '(no folders registered)'}")
+    where = ", ".join(roots) or "(no folders registered)"
+    if not gguf:
+        raise FileNotFoundError(f"{field}: no folder {name!r} with a config.json in {where}")
+    raise FileNotFoundError(f"{field}: no model {name!r} (a folder with config.json, or a .gguf file) in {where}")
 
 
 def read_config(folder: str) -> dict:
