@@ -4,7 +4,10 @@ A Depth-Anything-V2-Small-like model built at run time (random weights): Dinov2-
 4 instead of 12 layers, V2-Small's neck and head sizes, preprocessing at 266 px instead of 518 so a CPU run takes
 minutes. It goes through the pack's loader (a ModelPatcher, as in ComfyUI) and the estimator node's code.
 
-- Throughput: the same 1280×720 frames with batch_size 8 and 1, alternated after a warm-up; median frames/s.
+- Throughput: the same 1280×720 frames with batch_size 8 and 1, alternated after a warm-up of each; median
+  frames/s, and per frame the process's CPU time (user, system) and minor page faults (fresh memory pages the
+  kernel maps in: what large batches cost on a CPU, see model_loaders/depth_anything.py). The default batch of
+  this device is printed too.
 - Memory: 97 frames at 1280×720 (per sequence): peak RSS growth during the node's run (sampled every 2 ms)
   against the [97, 720, 1280] float32 result, and against what holding every frame's intermediates at once would
   take (one micro-batch's own peak, minus its result, scaled to 97 frames).
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -90,16 +94,26 @@ def main() -> None:
 
     torch.manual_seed(0)
     frames = torch.rand(args.frames, 720, 1280, 3)
-    loader.estimate_depth(model, frames[:2], 2)  # warm-up
-    times = {8: [], 1: []}
+    for batch in (8, 1):  # warm-up of both shapes
+        loader.estimate_depth(model, frames[:batch], batch)
+    runs = {8: [], 1: []}
     for _ in range(args.repeats):
         for batch in (8, 1):
-            start = time.perf_counter()
+            before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             loader.estimate_depth(model, frames, batch)
-            times[batch].append(time.perf_counter() - start)
-    fps = {b: args.frames / statistics.median(t) for b, t in times.items()}
-    print(f"throughput ({args.frames} frames, median of {args.repeats}): batch 8 {fps[8]:.2f} frames/s, "
-          f"batch 1 {fps[1]:.2f} frames/s, ratio {fps[8] / fps[1]:.2f}×")
+            seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+            runs[batch].append((seconds, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime,
+                                after.ru_minflt - before.ru_minflt))
+    device = model.patcher.load_device
+    print(f"throughput ({args.frames} frames, median of {args.repeats}, {device}; default batch_size here "
+          f"{loader.default_batch_size(device)}):")
+    fps = {}
+    for batch, measured in runs.items():
+        wall, user, system, faults = (statistics.median(run[i] for run in measured) for i in range(4))
+        fps[batch] = args.frames / wall
+        print(f"  batch {batch}: {fps[batch]:.2f} frames/s; per frame: CPU user {1000 * user / args.frames:.0f} ms, "
+              f"system {1000 * system / args.frames:.0f} ms, {faults / args.frames:.0f} minor page faults")
+    print(f"  batch 8 / batch 1: {fps[8] / fps[1]:.2f}×")
 
     del frames
     node = estimator.DepthEstimator

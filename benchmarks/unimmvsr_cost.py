@@ -100,7 +100,7 @@ def memory_child(width: int, height: int) -> None:
     refs = [Reference("id_image", torch.randn(1, 16, 1, 64, 64, generator=g))]
     cond = [[torch.randn(1, 64, 4096, generator=g), {}]]
     guider = pack("nodes.unimmvsr_guider").UniMMVSRGuider.execute(
-        model, cond, cond, lr, 3.0, 1.0, 15, 512, 512, 64, 0, 4, refs).result[0]
+        model, cond, cond, lr, 3.0, 1.0, 0.3, 512, 512, 64, 0, 4, refs).result[0]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     noise = torch.randn(shape, generator=g)
     guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"), torch.tensor([1.0, 0.0]),

@@ -22,11 +22,17 @@ from ..core.depth.preprocess import PreprocessConfig, depth_to_frame_size, prepr
 from ..core.model_folders import (check_safetensors, fingerprint, list_folders, read_config, resolve,
                                    signature)
 from ..nodes.naming import category, node_id
-from .transformers_models import check_choices, choose_dtype, dtype_kwargs, managed, precision_input
+from .transformers_models import check_model_name, choose_dtype, dtype_kwargs, managed, precision_input
 
 FOLDER_KEY = "depth_anything"
 MODEL_TYPE = "depth_anything"
-DEFAULT_BATCH = 8
+# Frames per micro-batch by default. Batches are how a GPU is kept busy. On a CPU they cost: a batch's neck and
+# head activations (85–170 MB each for 8 frames at 266 px; 21 MB at most for one) are above glibc's 32 MB mmap
+# threshold, so each is mapped afresh and faulted in by the kernel on every call (45k minor faults and 81 ms of
+# system time per frame at batch 8, 2 ms at batch 1) for no gain in compute: batch 8 ran at 0.81× the frames/s of
+# batch 1 on 2 CPU cores (benchmarks/depth_throughput.py; README).
+GPU_BATCH = 8
+CPU_BATCH = 1
 
 DEPTH_MODEL = io.Custom("UNICASCADE_DEPTH_MODEL")
 
@@ -39,12 +45,14 @@ class DepthAnythingModel:
     folder: str
     dtype: torch.dtype
 
-    def estimate(self, frames: torch.Tensor, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+    def estimate(self, frames: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """Raw relative inverse depth [T, H, W] float32 on the CPU for IMAGE frames [T, H, W, 3].
 
-        Frames go through in micro-batches; only the [T, H, W] result accumulates. The progress bar counts
-        frames and is where a Stop takes effect."""
+        Frames go through in micro-batches (default: default_batch_size of the model's load device); only the
+        [T, H, W] result accumulates. The progress bar counts frames and is where a Stop takes effect."""
         check_frames(frames)
+        if batch_size is None:
+            batch_size = default_batch_size(self.patcher.load_device)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         # Full load: transformers' modules are not comfy.ops, so a partial (lowvram) load would leave some behind.
@@ -63,6 +71,12 @@ class DepthAnythingModel:
         return depth
 
 
+def default_batch_size(device) -> int:
+    """Frames per micro-batch unless told otherwise, on ``device`` (a torch.device or its name): CPU_BATCH on a
+    CPU, GPU_BATCH on anything else (CUDA, ROCm, XPU, MPS …)."""
+    return CPU_BATCH if torch.device(device).type == "cpu" else GPU_BATCH
+
+
 def check_frames(frames) -> None:
     if not isinstance(frames, torch.Tensor):
         raise TypeError(f"images: expected an IMAGE tensor [frames, height, width, 3], got {type(frames).__name__}")
@@ -77,7 +91,7 @@ def check_frames(frames) -> None:
         raise ValueError(f"images: frames are {frames.shape[2]}×{frames.shape[1]} pixels")
 
 
-def estimate_depth(depth_model, frames: torch.Tensor, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+def estimate_depth(depth_model, frames: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Raw depth [T, H, W] (CPU) of IMAGE frames with a model from the Depth Anything loader."""
     if not isinstance(depth_model, DepthAnythingModel):
         raise TypeError(f"depth_model: expected the output of the UniCascade Depth Anything loader, got "
@@ -162,8 +176,8 @@ class DepthAnythingLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name=None, precision=None):
-        return check_choices(model_name, precision, list_models())
+    def validate_inputs(cls, model_name=None):
+        return check_model_name(model_name, list_models())
 
     @classmethod
     def fingerprint_inputs(cls, model_name, precision):

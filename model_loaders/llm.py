@@ -20,12 +20,13 @@ import torch
 from comfy_api.latest import io
 
 from ..core.reflection.backend import ChatRequest
-from ..core.reflection.http_chat import ConfigError, OpenAIChat, check_base_url, check_key_env
+from ..core.reflection.http_chat import ConfigError, OpenAIChat, check_key_env
 from ..core.reflection.images import to_pil
 from ..core.model_folders import (check_gguf, check_safetensors, fingerprint, list_folders, list_gguf,
                                             read_config, resolve, signature)
+from ..nodes.errors import plain_errors
 from ..nodes.naming import category, node_id
-from .transformers_models import check_choices, choose_dtype, dtype_kwargs, managed, precision_input
+from .transformers_models import check_model_name, choose_dtype, dtype_kwargs, managed, precision_input
 
 FOLDER_KEY = "LLM"
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
@@ -192,8 +193,8 @@ class LocalLLMLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name=None, precision=None):
-        return check_choices(model_name, precision, list_models())
+    def validate_inputs(cls, model_name=None):
+        return check_model_name(model_name, list_models())
 
     @classmethod
     def fingerprint_inputs(cls, model_name, precision):
@@ -246,10 +247,10 @@ class OpenAICompatibleLLM(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, base_url=None, api_key_env=None):
+    def validate_inputs(cls, api_key_env=None):
+        """Only api_key_env (see nodes/validation.py): a key pasted there is refused before the prompt is queued
+        and kept in the history. base_url is checked when the node runs."""
         try:
-            if base_url is not None:
-                check_base_url(base_url)
             if api_key_env is not None:
                 check_key_env(api_key_env)
         except ConfigError as e:
@@ -257,6 +258,7 @@ class OpenAICompatibleLLM(io.ComfyNode):
         return True
 
     @classmethod
+    @plain_errors
     def execute(cls, base_url, model, api_key_env, vision, timeout, retries, backoff,
                 temperature) -> io.NodeOutput:
         backend = OpenAIChat(base_url=base_url, model=model, api_key_env=api_key_env, vision=vision,

@@ -20,7 +20,7 @@ from ..core.model_folders import (check_safetensors, fingerprint, list_folders, 
 from ..core.reflection.params import EMBED_BATCH
 from ..core.reflection.retrieval import normalize
 from ..nodes.naming import category, node_id
-from .transformers_models import check_choices, choose_dtype, dtype_kwargs, managed, precision_input
+from .transformers_models import check_model_name, choose_dtype, dtype_kwargs, managed, precision_input
 
 FOLDER_KEY = "siglip"
 MODEL_TYPES = ("siglip2",)
@@ -153,8 +153,8 @@ class SigLIPLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name=None, precision=None):
-        return check_choices(model_name, precision, list_models())
+    def validate_inputs(cls, model_name=None):
+        return check_model_name(model_name, list_models())
 
     @classmethod
     def fingerprint_inputs(cls, model_name, precision):

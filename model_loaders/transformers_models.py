@@ -7,7 +7,7 @@ import comfy.model_patcher
 import torch
 from comfy_api.latest import io
 
-from ..nodes.validation import choice_error, first_error
+from ..nodes.validation import choice_error, first_error, require_choice
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -22,6 +22,7 @@ class Holder(torch.nn.Module):
 
 
 def choose_dtype(precision: str, device) -> torch.dtype:
+    require_choice("precision", precision, PRECISIONS)
     if precision != "auto":
         return DTYPES[precision]
     if comfy.model_management.should_use_fp16(device):
@@ -45,9 +46,9 @@ def precision_input():
                                   "it, else fp32 (always on a CPU). fp32/fp16/bf16 force one.")
 
 
-def check_choices(model_name, precision, names: list[str]):
-    """validate_inputs of a loader: the model is listed and the precision known."""
-    return first_error(choice_error("model_name", model_name, names), choice_error("precision", precision, PRECISIONS))
+def check_model_name(model_name, names: list[str]):
+    """validate_inputs of a loader: the model is listed (the precision is checked when it runs, by choose_dtype)."""
+    return first_error(choice_error("model_name", model_name, names))
 
 
 def dtype_kwargs(dtype: torch.dtype) -> dict:

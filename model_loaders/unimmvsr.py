@@ -7,14 +7,10 @@ from ..core.unimmvsr import checkpoint
 from ..nodes.naming import category, node_id
 
 
-def load_unimmvsr(path: str, name: str):
-    import comfy.sd
+def read_checkpoint(path: str, name: str) -> tuple[dict, dict]:
+    """State dict + metadata of a UniMMVSR file (a delta merged over its base from models/diffusion_models)."""
     import comfy.utils
     import folder_paths
-    from comfy.ldm.wan.model import WanModel
-
-    from ..core.unimmvsr.aug_embedding import AugmentationEmbedding
-    from ..samplers.unimmvsr_model import UniMMVSRConfig, install
 
     try:
         sd, meta = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
@@ -27,10 +23,24 @@ def load_unimmvsr(path: str, name: str):
         if base_path is None:
             raise ValueError(f"{name} is a delta over '{base_name}', which is not in models/diffusion_models")
         sd = checkpoint.merge_delta(sd, comfy.utils.load_torch_file(base_path, safe_load=True))
+    return sd, meta
+
+
+def build_unimmvsr(sd: dict, meta: dict, name: str, model_options: dict | None = None):
+    """A ComfyUI ModelPatcher of the Wan backbone with the UniMMVSR parts installed, from a full state dict —
+    the one way the loader node and the trainer make the model. ``model_options`` go to ComfyUI's loader
+    (e.g. {"dtype": torch.float32} for training)."""
+    import comfy.sd
+    from comfy.ldm.wan.model import WanModel
+
+    from ..core.unimmvsr.aug_embedding import AugmentationEmbedding
+    from ..samplers.unimmvsr_model import UniMMVSRConfig, install
+
     meta = checkpoint.validate(sd, meta)
+    shift = checkpoint.shift_of(meta)
     aug_sd = {k[len(checkpoint.AUG_PREFIX):]: v for k, v in sd.items() if k.startswith(checkpoint.AUG_PREFIX)}
     wan_sd = {k: v for k, v in sd.items() if not k.startswith(checkpoint.PREFIX)}
-    model = comfy.sd.load_diffusion_model_state_dict(wan_sd)
+    model = comfy.sd.load_diffusion_model_state_dict(wan_sd, model_options=model_options or {})
     if model is None or not isinstance(model.model.diffusion_model, WanModel):
         raise ValueError(f"{name}: the backbone weights are not a Wan diffusion model ComfyUI can load")
     dm = model.model.diffusion_model
@@ -38,10 +48,18 @@ def load_unimmvsr(path: str, name: str):
     aug.load_state_dict({k: v.float() for k, v in aug_sd.items()})
     if aug.linear_2.weight.shape[0] != dm.dim:
         raise ValueError(f"{name}: the augmentation embedding is {aug.linear_2.weight.shape[0]} wide, the model {dm.dim}")
+    # the sampling shift of the checkpoint (paper 1.0), not ComfyUI's Wan default 8.0: BasicScheduler & co. read it
+    sampling = model.get_model_object("model_sampling")
+    sampling.set_parameters(shift=shift, multiplier=sampling.multiplier)
     install(model, aug.to(next(dm.parameters()).device), UniMMVSRConfig(
         backbone=meta["unimmvsr_backbone"], latent_channels=checkpoint.BACKBONES[meta["unimmvsr_backbone"]],
         id_start=int(meta.get("unimmvsr_id_start", 20)), video_start=int(meta.get("unimmvsr_video_start", 30))))
     return model
+
+
+def load_unimmvsr(path: str, name: str):
+    sd, meta = read_checkpoint(path, name)
+    return build_unimmvsr(sd, meta, name)
 
 
 class UniMMVSRLoader(io.ComfyNode):
@@ -54,10 +72,13 @@ class UniMMVSRLoader(io.ComfyNode):
             display_name="UniMMVSR Loader",
             category=category("loaders"),
             description="Loads a UniMMVSR upscaler (Wan backbone + LR channels + augmentation embedding) from "
-                        "models/unimmvsr. A delta checkpoint also reads its Wan T2V base from models/diffusion_models.",
+                        "models/unimmvsr. A delta checkpoint also reads its Wan T2V base from models/diffusion_models. "
+                        "The model samples with the checkpoint's timestep shift (metadata unimmvsr_shift; paper and "
+                        "default 1.0), so schedulers can take it directly — no ModelSamplingSD3 needed.",
             inputs=[io.Combo.Input("unimmvsr_name", options=folder_paths.get_filename_list("unimmvsr"),
                                    tooltip="A UniMMVSR checkpoint (.safetensors) in models/unimmvsr.")],
-            outputs=[io.Model.Output(tooltip="The upscaler; plug it into the UniMMVSR Guider.")],
+            outputs=[io.Model.Output(tooltip="The upscaler, with the checkpoint's sampling shift (default 1.0); plug "
+                                             "it into the UniMMVSR Guider and BasicScheduler.")],
         )
 
     @classmethod

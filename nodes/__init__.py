@@ -1,6 +1,7 @@
 """ComfyUI nodes of the pack: thin V3 nodes over core/ and samplers/.
 
-Every io.ComfyNode subclass defined in one of NODE_MODULES is registered.
+Every io.ComfyNode subclass defined in one of NODE_MODULES is registered, its ``execute`` raising the pack's own
+exceptions as plain builtin types (nodes/errors.py) so that users read a message, not a module path.
 """
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import importlib
 import inspect
 
 from comfy_api.latest import ComfyExtension, io
+
+from .errors import plain_errors
 
 PACK = __name__.rsplit(".", 1)[0]
 
@@ -34,6 +37,9 @@ def node_classes() -> list[type[io.ComfyNode]]:
         module = importlib.import_module(f"{PACK}.{name}")
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if issubclass(obj, io.ComfyNode) and obj.__module__ == module.__name__:
+                execute = obj.__dict__.get("execute")
+                if isinstance(execute, classmethod) and not getattr(execute.__func__, "plain_errors", False):
+                    obj.execute = classmethod(plain_errors(execute.__func__))
                 found.append(obj)
     return found
 

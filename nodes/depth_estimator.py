@@ -1,10 +1,12 @@
 """Depth Anything V2 depth of video frames, raw (as MfM uses it) or normalised per frame / per sequence."""
 from __future__ import annotations
 
+import comfy.model_management
 from comfy_api.latest import io
 
 from ..core.depth.normalize import NORMALIZATIONS, normalize_depth, preview_image
-from ..model_loaders.depth_anything import DEFAULT_BATCH, DEPTH_MODEL, estimate_depth
+from ..model_loaders.depth_anything import CPU_BATCH, DEPTH_MODEL, GPU_BATCH, default_batch_size, estimate_depth
+from .images import rgb_frames
 from .naming import category, node_id
 from .validation import choice_error, first_error
 
@@ -15,6 +17,7 @@ MAX_BATCH = 256
 class DepthEstimator(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        batch = default_batch_size(comfy.model_management.get_torch_device())
         return io.Schema(
             node_id=node_id("DepthEstimator"),
             display_name="Depth Estimator (Depth Anything V2)",
@@ -23,7 +26,8 @@ class DepthEstimator(io.ComfyNode):
                          "in micro-batches, so memory grows with batch_size, not with the video's length."),
             inputs=[
                 DEPTH_MODEL.Input("depth_model", tooltip="From the Depth Anything V2 Loader."),
-                io.Image.Input("images", tooltip="The frames of a video (or one image), RGB."),
+                io.Image.Input("images", tooltip="The frames of a video (or one image), RGB (an alpha channel is "
+                                                        "dropped, with a log line)."),
                 io.Combo.Input("normalization", options=list(NORMALIZATIONS), default=NORMALIZATIONS[0],
                                tooltip="Default raw: as predicted, unnormalised (what MfM uses). per frame: each "
                                        "frame scaled to 0–1 on its own (flickers in videos). per sequence: one "
@@ -31,9 +35,10 @@ class DepthEstimator(io.ComfyNode):
                 io.Boolean.Input("invert", default=False,
                                  tooltip="Default off: larger = nearer (white = near in the preview). On: larger = "
                                          "farther (normalised: 1 − d; raw: mirrored within its range)."),
-                io.Int.Input("batch_size", default=DEFAULT_BATCH, min=1, max=MAX_BATCH,
-                             tooltip=f"Frames per micro-batch. Default {DEFAULT_BATCH}, range 1–{MAX_BATCH}. "
-                                     "Larger is faster where memory allows; the result is the same."),
+                io.Int.Input("batch_size", default=batch, min=1, max=MAX_BATCH,
+                             tooltip=f"Frames per micro-batch. Default {batch} on this device ({GPU_BATCH} on a "
+                                     f"GPU, where batches are faster where memory allows; {CPU_BATCH} on a CPU, "
+                                     f"where they were slower), range 1–{MAX_BATCH}. The result is the same."),
             ],
             outputs=[
                 DEPTH.Output(display_name="depth", tooltip="Depth [frames, height, width] in the chosen mode."),
@@ -49,5 +54,6 @@ class DepthEstimator(io.ComfyNode):
 
     @classmethod
     def execute(cls, depth_model, images, normalization, invert, batch_size) -> io.NodeOutput:
+        images = rgb_frames(images, "images", "Depth Estimator")
         depth = normalize_depth(estimate_depth(depth_model, images, batch_size), normalization, invert, inplace=True)
         return io.NodeOutput(depth, preview_image(depth, normalization))

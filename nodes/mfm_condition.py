@@ -1,6 +1,8 @@
 """MfM condition builder: one node for the 16 tasks (MfM §3.1, Fig. 3; SPEC §2), with a Wan VACE bridge."""
 from __future__ import annotations
 
+import logging
+
 import torch
 from comfy_api.latest import io
 
@@ -8,8 +10,9 @@ from ..core.mfm.condition import DEPTH_MODES, MASK_SOURCES, build_condition
 from ..core.mfm.fitting import FIT_MODES
 from ..core.mfm.tasks import (CLIP_FRAMES, DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_MOTION,
                               DEFAULT_WIDTH, TASK_LABELS, TASKS, task_from_label)
+from .images import rgb_frames
 from .naming import category, node_id
-from .validation import choice_error, first_error
+from .validation import choice_error, first_error, require_choice
 
 MFM_CONDITION = io.Custom("UNICASCADE_MFM_CONDITION")
 DEPTH_MODEL = io.Custom("UNICASCADE_DEPTH_MODEL")
@@ -107,15 +110,19 @@ class MfMConditionBuilder(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, task=None, fit=None, mask_source=None, depth_mode=None):
-        return first_error(choice_error("task", task, TASK_LABELS), choice_error("fit", fit, FIT_MODES),
-                           choice_error("mask_source", mask_source, MASK_SOURCES),
-                           choice_error("depth_mode", depth_mode, DEPTH_MODES))
+    def validate_inputs(cls, task=None):
+        return first_error(choice_error("task", task, TASK_LABELS))
 
     @classmethod
     def execute(cls, task, prompt, width, height, frames, fit, swap_portrait, motion_score, fps, mask_source, mask_seed,
                 depth_mode, clip_frames, image=None, last_image=None, video=None, video_b=None, mask=None,
                 depth_model=None) -> io.NodeOutput:
+        for name, value, options in (("fit", fit, FIT_MODES), ("mask_source", mask_source, MASK_SOURCES),
+                                     ("depth_mode", depth_mode, DEPTH_MODES)):
+            require_choice(name, value, options)
+        image, last_image, video, video_b = (rgb_frames(frames_in, name, "MfM Condition") for name, frames_in in
+                                             (("image", image), ("last_image", last_image), ("video", video),
+                                              ("video_b", video_b)))
         depth_fn = None
         if depth_model is not None:
             from ..model_loaders.depth_anything import estimate_depth
@@ -128,6 +135,8 @@ class MfMConditionBuilder(io.ComfyNode):
                                mask_source=mask_source, seed=mask_seed, fit=fit, swap_portrait=swap_portrait,
                                depth_mode=depth_mode, depth_fn=depth_fn, clip_frames=clip_frames,
                                motion_score=motion_score, fps=fps)
+        for warning in cond.warnings:
+            logging.warning("UniCascade: MfM Condition: %s", warning)
         control, control_masks = cond.vace_control()
         preview = (cond.pixels + 1) / 2
         return io.NodeOutput(cond, cond.positive, cond.negative, preview, 1.0 - cond.keep,

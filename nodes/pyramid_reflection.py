@@ -21,8 +21,11 @@ from ..core.reflection.params import (ACCEPT_THRESHOLD, CAPTION_FRAMES, DYNAMIC_
                                       STATIC_SIZES, ReflectionParams, parse_sizes)
 from ..model_loaders.llm import LLM
 from ..model_loaders.siglip import SIGLIP
+from .errors import plain_errors
+from .images import rgb_frames
 from .naming import category, node_id
-from .validation import choice_error, first_error
+from .validation import require_choice
+from .video import video_frames
 
 EMBEDDINGS = LRUCache(32)   # (siglip, frames digest) -> [N, D]
 CAPTIONS = LRUCache(32)     # (vision model, text model, frames digest, caption settings) -> GlobalCaption
@@ -48,12 +51,9 @@ def frames_of(images, video) -> tuple[torch.Tensor, float | None]:
         raise ValueError("connect either images (an IMAGE batch) or video (a VIDEO), exactly one of them")
     fps = None
     if video is not None:
-        try:
-            components = video.get_components()
-        except Exception as e:  # PyAV refuses empty or damaged files with assorted errors
-            raise ValueError(f"video: could not read its frames ({type(e).__name__}: {e}); is the file empty or "
-                             "damaged?") from e
-        images, fps = components.images, float(components.frame_rate)
+        images, fps = video_frames(video, "video", "Pyramid Reflection QA")
+    else:
+        images = rgb_frames(images, "images", "Pyramid Reflection QA")
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         raise ValueError(f"images: expected video frames [frames, height, width, 3], got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
@@ -137,31 +137,28 @@ class PyramidReflectionQA(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, question=None, question_type=None, static_sizes=None, dynamic_sizes=None):
-        errors = [choice_error("question_type", question_type, QUESTION_TYPES)]
+    def validate_inputs(cls, question=None):
+        """Only the question (see nodes/validation.py); the other values are checked when the node runs, before
+        any frame is read."""
         if question is not None and not str(question).strip():
-            errors.append("question is empty: type what you want to know about the video")
-        for name, text, increasing in (("static_sizes", static_sizes, True), ("dynamic_sizes", dynamic_sizes, False)):
-            if text is not None:
-                try:
-                    parse_sizes(name, text, increasing)
-                except ValueError as e:
-                    errors.append(str(e))
-        return first_error(*errors)
+            return "question is empty: type what you want to know about the video"
+        return True
 
     @classmethod
+    @plain_errors
     def execute(cls, siglip, vlm, question, question_type, pool_size, caption_frames, static_sizes, dynamic_sizes,
                 mmr_lambda, accept_threshold, max_rounds, max_new_tokens, image_max_side, embed_batch,
                 images=None, video=None, llm=None, reflector=None) -> io.NodeOutput:
         if not str(question or "").strip():
             raise ValueError("question is empty: type what you want to know about the video")
-        frames, fps = frames_of(images, video)
+        require_choice("question_type", question_type, QUESTION_TYPES)
         params = ReflectionParams(
             pool_size=pool_size, caption_frames=caption_frames,
             static_sizes=parse_sizes("static_sizes", static_sizes, True),
             dynamic_sizes=parse_sizes("dynamic_sizes", dynamic_sizes, False),
             mmr_lambda=mmr_lambda, accept_threshold=accept_threshold, max_rounds=max_rounds,
             question_type=question_type, max_new_tokens=max_new_tokens, image_max_side=image_max_side)
+        frames, fps = frames_of(images, video)
         models = Models.of(vlm, llm, reflector)
         pool = sample_pool(frames, params.pool_size, fps)
         digest = content_digest(pool.frames)

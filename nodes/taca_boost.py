@@ -6,6 +6,7 @@ from comfy_api.latest import io
 from ..core.attention.schedules import DEFAULT_TACA_GAMMA, DEFAULT_TACA_UNTIL, taca_gamma
 from ..samplers.attention_boost import PROGRESS_SOURCES, BoostSchedule, apply_attention_boost
 from ..samplers.model_families import FLUX, require_family
+from .errors import plain_errors
 from .naming import category, node_id
 from .validation import choice_error, first_error
 
@@ -39,6 +40,7 @@ class TextAttentionBoostTACA(io.ComfyNode):
         return first_error(choice_error("progress", progress, PROGRESS_SOURCES))
 
     @classmethod
+    @plain_errors
     def execute(cls, model, gamma, until, progress) -> io.NodeOutput:
         family = require_family(model, (FLUX,), "TACA")
 

@@ -7,8 +7,9 @@ from ..core.attention.schedules import (DEFAULT_IMG_WINDOW_START, DEFAULT_LAMBDA
                                         DEFAULT_TXT_WINDOW_END, SCHEDULES, alpha_img, alpha_txt)
 from ..samplers.attention_boost import PROGRESS_SOURCES, BoostSchedule, apply_attention_boost
 from ..samplers.model_families import FLUX, WAN, require_family
+from .errors import plain_errors
 from .naming import category, node_id
-from .validation import choice_error, first_error
+from .validation import choice_error, first_error, require_choice
 
 LAMBDA_MAX = 2.0
 
@@ -55,13 +56,14 @@ class TemperatureModalityAlignment(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, schedule=None, progress=None):
-        return first_error(choice_error("schedule", schedule, SCHEDULES),
-                           choice_error("progress", progress, PROGRESS_SOURCES))
+    def validate_inputs(cls, schedule=None):
+        return first_error(choice_error("schedule", schedule, SCHEDULES))
 
     @classmethod
+    @plain_errors
     def execute(cls, model, lambda_txt, lambda_img, schedule, txt_window_end, img_window_start,
                 progress) -> io.NodeOutput:
+        require_choice("progress", progress, PROGRESS_SOURCES)
         family = require_family(model, (WAN, FLUX), "TMA")
 
         def factors(u: float) -> tuple[float, float]:

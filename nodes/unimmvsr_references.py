@@ -6,6 +6,7 @@ import logging
 from comfy_api.latest import io
 
 from ..core.unimmvsr.references import ID_IMAGE, REFERENCE_VIDEO, Reference, pad_to, usable_video_frames
+from .images import rgb_frames
 from .naming import category, node_id
 from .mfm_condition import rule
 
@@ -28,7 +29,8 @@ class UniMMVSRReferences(io.ComfyNode):
             display_name="UniMMVSR References",
             category=category("upscaling"),
             description=("Encodes ID images and reference videos for the UniMMVSR upscaler: each is scaled down to "
-                         "fit (never up) and zero-padded in pixel space to width×height — the size of the "
+                         "fit (never up) and zero-padded in the VAE's pixel space (mid-grey) to width×height — the "
+                         "size of the "
                          "upscaler's window (the HR frame, or the tile size when tiling) — then VAE-encoded. "
                          "A new input appears when the last one is connected."),
             inputs=[
@@ -44,7 +46,7 @@ class UniMMVSRReferences(io.ComfyNode):
                                          tooltip="ID image(s): every image of the batch is one identity reference."),
                           "id_image") for i in range(1, MAX_ID_IMAGES + 1)],
                 *[dynamic(io.Image.Input(f"reference_video_{i}", optional=True,
-                                         tooltip="A reference video (its frames); the first 4n+1 frames are used."),
+                                         tooltip="A reference video (its frames); the first 4n+1 frames are used (Wan VAEs)."),
                           "reference_video") for i in range(1, MAX_VIDEOS + 1)],
             ],
             outputs=[REFERENCES.Output(display_name="references")],
@@ -52,9 +54,15 @@ class UniMMVSRReferences(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, width, height, **inputs) -> io.NodeOutput:
+        from .unimmvsr_upsampler import vae_factors
+
+        spatial, temporal = vae_factors(vae)
+        if width % spatial or height % spatial:
+            raise ValueError(f"width and height: {width}×{height} is not a multiple of this VAE's {spatial}× "
+                             "compression")
         refs = []
         for key in sorted(inputs, key=lambda k: (k.startswith("reference_video"), int(k.rsplit("_", 1)[1]))):
-            images = inputs[key]
+            images = rgb_frames(inputs[key], key, "UniMMVSR References")
             if images is None:
                 continue
             if images.ndim != 4 or images.shape[0] == 0:
@@ -64,8 +72,8 @@ class UniMMVSRReferences(io.ComfyNode):
                          images.shape[2], images.shape[1], width, height)
             if key.startswith("id_image"):
                 for i in range(images.shape[0]):
-                    refs.append(Reference(ID_IMAGE, vae.encode(pad_to(images[i:i + 1, ..., :3], width, height))))
+                    refs.append(Reference(ID_IMAGE, vae.encode(pad_to(images[i:i + 1], width, height))))
             else:
-                n = usable_video_frames(images.shape[0])
-                refs.append(Reference(REFERENCE_VIDEO, vae.encode(pad_to(images[:n, ..., :3], width, height))))
+                n = usable_video_frames(images.shape[0], temporal)
+                refs.append(Reference(REFERENCE_VIDEO, vae.encode(pad_to(images[:n], width, height))))
         return io.NodeOutput(refs)

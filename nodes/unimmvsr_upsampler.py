@@ -1,5 +1,6 @@
 """UniMMVSR Upsampler: LR latent (or frames) → decode → bilinear upscale in pixel space → encode (§3.2, "never
-interpolate latents"), then noise augmentation to the augmentation timestep (the micro-condition)."""
+interpolate latents"). The clean latent travels with the augmentation timestep and seed; the guider noises it in
+the model's own latent space (core.unimmvsr.augmentation.lr_condition), where the forward process is defined."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +8,9 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io
 
-from ..core.unimmvsr.augmentation import FIDELITY, REFERENCE_TASKS, augment
+from ..core.unimmvsr.augmentation import FIDELITY, REFERENCE_TASKS, sigma_of
+from ..core.unimmvsr.upsampling import upscale_frames
+from .images import rgb_frames
 from .mfm_condition import rule
 from .naming import category, node_id
 
@@ -17,18 +20,18 @@ VAE_TILE_ABOVE = 1024 * 1024  # pixels per frame above which the VAE runs tiled
 
 @dataclass
 class LRCondition:
-    latent: torch.Tensor    # [1, C, T, H/8, W/8], noise-augmented
-    aug_t: float
+    latent: torch.Tensor        # [1, C, T, H/s, W/s]: the clean VAE latent (raw, not normalised, not noised)
+    aug_t: float                # augmentation timestep, 0…1000
+    seed: int = 0               # seed of the augmentation noise
+    spatial_factor: int = 8     # the VAE's spatial compression (8: Wan 2.1, 16: Wan 2.2)
+    temporal_factor: int = 4    # the VAE's temporal compression (frames = (latent frames − 1)·t + 1)
 
 
-def upscale_frames(frames: torch.Tensor, width: int, height: int, chunk: int = 8) -> torch.Tensor:
-    """[T, h, w, 3] → [T, height, width, 3], bilinear, a few frames at a time (bounded peak memory)."""
-    out = torch.empty(frames.shape[0], height, width, 3, dtype=torch.float32)
-    for i in range(0, frames.shape[0], chunk):
-        x = frames[i:i + chunk, ..., :3].movedim(-1, 1).float()
-        out[i:i + chunk] = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear",
-                                                           align_corners=False).clamp(0, 1).movedim(1, -1)
-    return out
+def vae_factors(vae) -> tuple[int, int]:
+    """(spatial, temporal) compression of a ComfyUI VAE, read from the VAE itself (never Wan 2.1 constants)."""
+    spatial = int(vae.spacial_compression_encode())
+    temporal = vae.temporal_compression_decode()
+    return spatial, int(temporal or 1)
 
 
 class UniMMVSRUpsampler(io.ComfyNode):
@@ -39,8 +42,9 @@ class UniMMVSRUpsampler(io.ComfyNode):
             display_name="UniMMVSR Upsampler",
             category=category("upscaling"),
             description=("Makes the LR condition: decodes the base model's latent, upscales it bilinearly in pixel "
-                         "space to width×height, encodes it again (tiled above 1 MP per frame), and noises it to "
-                         "the augmentation timestep. Also gives the empty HR latent to sample."),
+                         "space to width×height and encodes it again (tiled above 1 MP per frame). The guider noises "
+                         "it to the augmentation timestep in the model's latent space. Also gives the empty HR latent "
+                         "to sample."),
             inputs=[
                 io.Vae.Input("vae", tooltip="The upscaler's VAE (Wan 2.1 or 2.2, matching the upscaler)."),
                 rule(io.Int.Input("width", default=1920, min=16, max=8192, step=16,
@@ -72,16 +76,19 @@ class UniMMVSRUpsampler(io.ComfyNode):
             frames = vae.decode(samples)
             frames = frames.reshape(-1, *frames.shape[-3:])
         else:
-            frames = lr_images
+            frames = rgb_frames(lr_images, "lr_images", "UniMMVSR Upsampler")
         if frames.ndim != 4 or frames.shape[0] == 0:
             raise ValueError(f"lr_images: expected frames [N, H, W, 3], got {tuple(frames.shape)}")
-        if (frames.shape[0] - 1) % 4:
-            raise ValueError(f"the LR video has {frames.shape[0]} frames; the Wan VAE needs 4n+1")
+        spatial, temporal = vae_factors(vae)
+        if (frames.shape[0] - 1) % temporal:
+            raise ValueError(f"the LR video has {frames.shape[0]} frames; this VAE needs {temporal}n+1")
+        if width % spatial or height % spatial:
+            raise ValueError(f"width and height: {width}×{height} is not a multiple of this VAE's {spatial}× compression")
+        sigma_of(augmentation)
         hr = upscale_frames(frames, width, height)
         if width * height > VAE_TILE_ABOVE:
             latent = vae.encode_tiled(hr, tile_x=512, tile_y=512, overlap=64, tile_t=33, overlap_t=8)
         else:
             latent = vae.encode(hr)
-        g = torch.Generator().manual_seed(seed)
-        condition = LRCondition(augment(latent.float(), augmentation, g), float(augmentation))
+        condition = LRCondition(latent.float(), float(augmentation), int(seed), spatial, temporal)
         return io.NodeOutput(condition, {"samples": torch.zeros_like(latent)}, hr[::max(1, hr.shape[0] // 8)])

@@ -25,11 +25,13 @@ def main() -> None:
     parser.add_argument("--delta", action="store_true")
     parser.add_argument("--id-start", type=int, default=20)
     parser.add_argument("--video-start", type=int, default=30)
+    parser.add_argument("--shift", type=float, default=1.0, help="sampling timestep shift stored in the metadata "
+                        "(paper: 1.0)")
     args = parser.parse_args()
     from safetensors.torch import load_file, save_file
 
     parent = load_file(args.t2v)
-    sd, meta = init_from_t2v(parent, id_start=args.id_start, video_start=args.video_start)
+    sd, meta = init_from_t2v(parent, id_start=args.id_start, video_start=args.video_start, shift=args.shift)
     if args.delta:
         sd, meta = to_delta(sd, meta, parent, os.path.basename(args.t2v))
     save_file(sd, args.out, metadata=meta)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from core.depth.normalize import NORMALIZATIONS, normalize_depth, preview_image
 from core.depth.preprocess import PreprocessConfig, preprocess, processed_size
+from harness.comfy_server import flagged_inputs
 from harness.graph import Graph
 from harness.tiny_depth import PICKLE_ONLY, PREPROCESSOR, TINY, TRUNCATED, WRONG_TYPE, write_depth_fixtures
 
@@ -209,6 +210,29 @@ def test_model_is_managed_by_comfyui_and_reused(depth_pack):
     assert alive() is None  # the loader keeps no model alive outside ComfyUI's cache and memory manager
 
 
+def test_default_batch_size_depends_on_the_device(depth_pack):
+    """One frame at a time on a CPU (batches were slower there: README, benchmarks/depth_throughput.py), 8 on a
+    GPU; with no batch_size given the model's load device decides."""
+    loader, _ = depth_pack
+    assert loader.default_batch_size(torch.device("cpu")) == loader.CPU_BATCH == 1
+    for device in ("cuda", "cuda:1", "mps", "xpu"):
+        assert loader.default_batch_size(device) == loader.GPU_BATCH == 8, device
+    model = loader.load_depth_model(TINY, "fp32")
+    assert model.patcher.load_device.type == "cpu"
+    seen = []
+    hook = model.patcher.model.net.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["pixel_values"].shape[0]), with_kwargs=True)
+    try:
+        frames = torch.rand(3, 32, 32, 3)
+        loader.estimate_depth(model, frames)
+        assert seen == [1, 1, 1]
+        seen.clear()
+        loader.estimate_depth(model, frames, 2)
+        assert seen == [2, 1]
+    finally:
+        hook.remove()
+
+
 def test_bad_frames_and_objects_in_process(depth_pack):
     loader, _ = depth_pack
     model = loader.load_depth_model(TINY, "fp32")
@@ -366,30 +390,41 @@ def test_bad_inputs_fail_clearly_and_the_server_goes_on(comfy, depth_models, inp
     failing("images: the batch is empty (0 frames)",
             images=lambda g: g.node("GetVideoComponents",
                                     video=g.node("LoadVideo", file="unicascade_empty.nut")[0])[0])
-
-    def rgba(g):
-        image = g.node("LoadImage", image=names[0])
-        return g.node("JoinImageWithAlpha", image=image[0], alpha=image[1])[0]
-    failing("images: frames have 4 channels; Depth Anything needs RGB images", images=rgba)
+    # RGBA frames are not refused: the alpha channel is dropped with a log line (tests/test_rgba_inputs.py)
     failing("depth_model: expected the output of the UniCascade Depth Anything loader, got str",
             depth_model="not a model")
 
-    for bad in ({"normalization": "per video"}, {"precision": "fp8"}, {"model_name": "no-such-folder"}):
+    def bad_graph(bad):
         g = Graph()
         video, _ = video_of(g, names, repeats=1)
         model = g.node(LOADER, **{"model_name": TINY, "precision": "auto", **bad})
         depth = g.node(ESTIMATOR, depth_model=model[0], images=video[0], invert=False, batch_size=4,
                        normalization=bad.get("normalization", "raw"))
         g.node("SaveImage", images=depth[1], filename_prefix=comfy.prefix)
-        body = comfy.validate_error(g.prompt())
+        return g.prompt()
+
+    for bad, node in (({"normalization": "per video"}, ESTIMATOR), ({"model_name": "no-such-folder"}, LOADER)):
+        body = comfy.validate_error(bad_graph(bad))
         key, value = next(iter(bad.items()))
         assert f"{key}: {value!r} is not one of" in str(body), body
+        assert flagged_inputs(body) == {node: [key]}, body
+    error = comfy.run_expecting_error(bad_graph({"precision": "fp8"}))  # the loader checks it when it runs
+    assert error["node_type"] == LOADER and error["exception_type"] == "ValueError", error
+    assert "precision: 'fp8' is not one of auto, fp32, fp16, bf16" in error["exception_message"]
 
     g = Graph()  # and the server still serves
     video, _ = video_of(g, names, repeats=1)
     depth = estimator(g, g.node(LOADER, model_name=TINY, precision="auto")[0], video[0], "per sequence")
     g.node("SaveImage", node_id="ok", images=depth[1], filename_prefix=comfy.prefix)
     assert len(comfy.run(g.prompt())["outputs"]["ok"]["images"]) == 3
+
+
+@pytest.mark.server
+def test_batch_size_default_is_the_devices(comfy):
+    """The server runs on the CPU (--cpu): the widget's default is the CPU's, and its tooltip says so."""
+    batch = comfy.object_info()[ESTIMATOR]["input"]["required"]["batch_size"][1]
+    assert batch["default"] == 1 and batch["min"] == 1
+    assert batch["tooltip"].startswith("Frames per micro-batch. Default 1 on this device (8 on a GPU")
 
 
 @pytest.mark.server

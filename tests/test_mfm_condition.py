@@ -163,6 +163,23 @@ def test_mask_generators_follow_the_paper_recipes():
     assert 0 < float((cond.keep[0] == 0).float().mean()) <= 0.3
 
 
+@pytest.mark.parametrize("key, source", [("vinp", "video"), ("voutp", "video"), ("iinp", "image"),
+                                         ("ioutp", "image")])
+def test_a_mask_that_keeps_nothing_warns_that_the_task_degenerates_to_generation(key, source):
+    given = {source: frames(30 if source == "video" else 1)}
+    n = given[source].shape[0]
+    generation = "text-to-image" if source == "image" else "text-to-video"
+    cond = build_condition(TASKS[key], "x", W, H, F, keep_mask=torch.zeros(n, H, W), **given)
+    assert not cond.keep.any()
+    assert cond.warnings == [f"the mask keeps nothing of the {source} (it marks every pixel to be generated): "
+                             f"{TASKS[key].name} degenerates to {generation} generation"]
+    hole = torch.ones(1, H, W)  # keeps all but one pixel: no warning
+    hole[0, 5, 5] = 0
+    assert build_condition(TASKS[key], "x", W, H, F, keep_mask=hole, **given).warnings == []
+    for other in ("i2v", "t2v", "vedit"):  # tasks without a mask never warn
+        assert build_condition(TASKS[other], "x", W, H, F, depth_fn=fake_depth, **inputs_for(other)).warnings == []
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(key="i2v"), "image: the task 'image-to-video' needs this input"),
     (dict(key="flc2v", video=frames(30)), "video_b: the task"),

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import load_latent
+from harness.comfy_server import flagged_inputs
 from harness.graph import Graph
 from harness.tiny_models import UMT5, WAN21_VACE, WAN21_VAE
 
@@ -86,6 +87,43 @@ def test_inpainting_mask_polarity_through_the_server(comfy, input_image):
         assert m[16:32, 16:32].min() == 255 and m[:16].max() == 0  # ComfyUI polarity: 1 = generate the hole
 
 
+def test_inpainting_with_a_mask_that_keeps_nothing_warns_in_the_log(comfy, input_image):
+    name, _ = input_image
+    warning = ("UniCascade: MfM Condition: the mask keeps nothing of the {} (it marks every pixel to be generated): "
+               "{} degenerates to {} generation")
+    video_warning = warning.format("video", "video inpainting", "text-to-video")
+    image_warning = warning.format("image", "image outpainting", "text-to-image")
+    before = comfy.log_text()
+    g = Graph()
+    image = g.node("LoadImage", image=name)
+    video = g.node("RepeatImageBatch", image=image[0], amount=9)
+    everything = g.node("SolidMask", value=1.0, width=64, height=48)  # ComfyUI polarity: generate every pixel
+    vinp = builder(g, "video inpainting (vinp)", video=video[0], mask=everything[0])
+    ioutp = builder(g, "image outpainting (ioutp)", image=image[0], mask=everything[0])
+    for key, cond in (("vinp", vinp), ("ioutp", ioutp)):
+        g.node("SaveImage", node_id=key, images=g.node("MaskToImage", mask=cond[4])[0],
+               filename_prefix=f"{comfy.prefix}_{key}")
+    out = comfy.run(g.prompt())["outputs"]
+    for key in ("vinp", "ioutp"):  # it runs, and the generate mask is all 1
+        m = np.asarray(Image.open(comfy.output_path(out[key]["images"][0]["subfolder"],
+                                                    out[key]["images"][0]["filename"])).convert("L"))
+        assert m.min() == 255, key
+    log = comfy.log_text()
+    assert log.count(video_warning) == before.count(video_warning) + 1
+    assert log.count(image_warning) == before.count(image_warning) + 1
+
+    g = Graph()  # a mask that keeps something: no warning
+    image = g.node("LoadImage", image=name)
+    video = g.node("RepeatImageBatch", image=image[0], amount=9)
+    hole = g.node("SolidMask", value=1.0, width=16, height=16)
+    mask = g.node("MaskComposite", destination=g.node("SolidMask", value=0.0, width=64, height=48)[0],
+                  source=hole[0], x=16, y=16, operation="add")
+    g.node("PreviewAny", source=builder(g, "video inpainting (vinp)", video=video[0], mask=mask[0])[1])
+    comfy.run(g.prompt())
+    assert comfy.log_text().count("UniCascade: MfM Condition: the mask keeps nothing") == \
+        log.count("UniCascade: MfM Condition: the mask keeps nothing")
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(task="image-to-video (i2v)"), "image: the task 'image-to-video' needs this input"),
     (dict(task="video extending (vext)", frames=8), "frames: 8 is not 4n+1"),
@@ -103,6 +141,24 @@ def test_bad_input_is_named_and_the_server_goes_on(comfy, input_image, overrides
     cond = builder(g, "text-to-video (t2v)")
     g.node("PreviewAny", node_id="p", source=cond[1])
     assert comfy.run(g.prompt())["outputs"]["p"]["text"][0].endswith("#task: text-to-video")
+
+
+def test_refusals_and_run_time_checks_name_only_their_input(comfy):
+    """validate_inputs takes the task only (ComfyUI marks every input it takes with its error); the other combos
+    are checked when the node runs, with a ValueError naming the input."""
+    g = Graph()
+    cond = builder(g, "no such task")
+    g.node("PreviewAny", source=cond[1])
+    body = comfy.validate_error(g.prompt())
+    assert flagged_inputs(body) == {BUILDER: ["task"]}, body
+    assert "task: 'no such task' is not one of" in json.dumps(body)
+    for name, value in (("fit", "squash"), ("mask_source", "drawn"), ("depth_mode", "all frames")):
+        g = Graph()
+        cond = builder(g, "text-to-video (t2v)", **{name: value})
+        g.node("PreviewAny", source=cond[1])
+        error = comfy.run_expecting_error(g.prompt())
+        assert error["node_type"] == BUILDER and error["exception_type"] == "ValueError", error
+        assert f"{name}: {value!r} is not one of" in error["exception_message"], error["exception_message"]
 
 
 def test_depth_at_the_known_frame_of_i2v_from_depth_anything(comfy, input_image):

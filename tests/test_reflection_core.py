@@ -249,6 +249,17 @@ def test_evaluation_read_tolerantly(text):
     assert e.readable and e.score == pytest.approx(0.8) and e.verdict == "accept" and e.accepted(0.7)
 
 
+@pytest.mark.parametrize("text", [
+    '{"score": 5}',                                                   # 5 of 10: once clamped to 1 and accepted
+    '{"score": 8, "verdict": "accept", "brief_reason": "8/10"}',      # a verdict beside it is not trusted either
+    '{"score": "9/10"}', '{"score": -2, "verdict": "reject"}', '{"score": 1.5}', "score: 150%", "Score = 7",
+])
+def test_evaluation_score_outside_0_1_is_unreadable_and_never_accepts(text):
+    e = parse_evaluation(text)
+    assert not e.readable and not e.accepted(0.7) and not e.accepted(0.01)
+    assert e.score == 0.0 and e.verdict == "reject" and "is outside 0–1" in e.brief_reason
+
+
 def test_evaluation_fallbacks():
     broken = parse_evaluation('{"score": , "verdict" ')
     assert not broken.readable and broken.score == 0.0 and broken.verdict == "reject" and not broken.accepted(0.7)
@@ -260,7 +271,6 @@ def test_evaluation_fallbacks():
     assert low.accepted(0.7)  # so does an accept verdict
     only_score = parse_evaluation('{"score": "0.9"}')
     assert only_score.verdict == "reject" and only_score.accepted(0.7)
-    assert parse_evaluation('{"score": 7}').score == 1.0 and parse_evaluation('{"score": -2}').score == 0.0
     assert parse_evaluation('{"score": "n/a", "verdict": "maybe"}').readable is False
     assert parse_evaluation('{"score": 0.5, "brief_reason": ["a", "b"]}').brief_reason == "a; b"
 
@@ -464,6 +474,18 @@ def test_broken_json_everywhere_still_completes_with_a_trace():
     assert all(not r["refinement_readable"] for r in trace["rounds"][:2])
     assert {r["search_text"] for r in trace["rounds"]} == {"How many times does the bike pass?"}
     assert result.answer == garbage.strip() and trace["final"]["source"].startswith("global caption")
+
+
+def test_out_of_range_scores_are_rejected_and_traced_as_unreadable():
+    w = World()
+    reply = '{"score": 8, "brief_reason": "8 out of 10"}'   # another scale: 8 would have been clamped to 1, accepted
+    result = w.run(Scripted(script([reply] * 3)))
+    rounds = result.trace["rounds"]
+    assert len(rounds) == 3 and not any(r["accepted"] for r in rounds)
+    assert all(not r["evaluation_readable"] and r["score"] == 0.0 and r["verdict"] == "reject" for r in rounds)
+    assert all("evaluator score 8 is outside 0–1" in r["brief_reason"] and r["evaluator_reply"] == reply
+               for r in rounds)
+    assert result.source == "global caption (no round accepted)"
 
 
 def test_text_backend_failures_fall_back_and_are_traced():

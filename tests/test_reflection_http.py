@@ -253,3 +253,51 @@ def test_endpoint_failures_through_comfyui(comfy, scripted):
     g = Graph()
     qa_graph(g, local_vlm(g), http_llm(g, scripted.base_url), "What colour is the bike?", caption_frames=2)
     assert trace_of(comfy.run(g.prompt()))["mode_source"] == "router"
+
+
+@pytest.mark.server
+def test_evaluator_score_on_another_scale_is_not_accepted_through_comfyui(comfy, scripted):
+    """An llm scoring 0–10 ({"score": 5}): no round is accepted on it; each round's trace says the evaluation was
+    unreadable and keeps the reply."""
+    reply = '{"score": 5, "brief_reason": "5 out of 10"}'
+    scripted.script(("reply", reply))
+    g = Graph()
+    qa_graph(g, local_vlm(g), http_llm(g, scripted.base_url), "What is the cyclist wearing? (score scale)",
+             caption_frames=2)
+    trace = trace_of(comfy.run(g.prompt()))
+    rounds = trace["rounds"]
+    assert len(rounds) == 3 and not any(r["accepted"] for r in rounds), json.dumps(rounds, indent=1)
+    assert all(not r["evaluation_readable"] and r["score"] == 0.0 and r["verdict"] == "reject" for r in rounds)
+    assert all("evaluator score 5 is outside 0–1" in r["brief_reason"] and r["evaluator_reply"] == reply
+               for r in rounds)
+    assert not trace["final"]["source"].startswith("round")
+
+
+@pytest.mark.server
+def test_endpoint_errors_read_as_plain_python_errors_through_comfyui(comfy):
+    """ComfyUI shows an error's type as '<module>.<class>': an unreachable endpoint or a wrong endpoint setting
+    must read as a plain RuntimeError / ValueError with the whole message, not as the pack's install path, over
+    the websocket and in the history."""
+    from harness.tiny_reflection import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    g = Graph()
+    qa_graph(g, http_llm(g, url, vision=True, retries=0), None, "What is shown? (unreachable endpoint)")
+    error = comfy.run_expecting_error(g.prompt())
+    assert error["node_type"] == QA and error["exception_type"] == "RuntimeError", error["exception_type"]
+    assert error["exception_message"].startswith(f"note (default model @ {url}) failed: {url}/chat/completions: "
+                                                 "unreachable ("), error["exception_message"]
+    assert "after 1 attempt" in error["exception_message"]
+    sent = [data for kind, data in comfy.events if kind == "execution_error"]
+    assert len(sent) == 1 and sent[0]["exception_type"] == "RuntimeError"
+    assert sent[0]["exception_message"] == error["exception_message"]
+
+    for setting, message in [(dict(api_key_env="UNICASCADE_SURELY_UNSET_VAR"),
+                              "api_key_env: the environment variable UNICASCADE_SURELY_UNSET_VAR is not set"),
+                             (dict(base_url="127.0.0.1:8080"),
+                              "base_url: '127.0.0.1:8080' is not an http(s) URL")]:
+        g = Graph()
+        qa_graph(g, http_llm(g, url, **setting), None, "What is shown?")
+        error = comfy.run_expecting_error(g.prompt())
+        assert error["node_type"] == "UniCascadeOpenAICompatibleLLM" and error["exception_type"] == "ValueError"
+        assert error["exception_message"].startswith(message), error["exception_message"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness.comfy_server import flagged_inputs
 from harness.graph import Graph
 from harness.tiny_reflection import EMPTY_VIDEO, SIGLIP, SIGLIP_WRONG_TYPE, SMOLLM_GGUF, TEXT_LLM, VIDEO, VLM
 from harness.workflows import WORKFLOW_DIR, cpu_widget_settings, for_tiny_models, load
@@ -24,8 +25,8 @@ DEFAULTS = dict(question_type="auto (LLM router)", pool_size=64, caption_frames=
                 image_max_side=448, embed_batch=64)
 
 
-def qa(g, question, frames=None, video=VIDEO, vlm=VLM, llm=TEXT_LLM, siglip=SIGLIP, **widgets):
-    inputs = dict(siglip=g.node(SIGLIP_LOADER, model_name=siglip, precision="auto")[0],
+def qa(g, question, frames=None, video=VIDEO, vlm=VLM, llm=TEXT_LLM, siglip=SIGLIP, precision="auto", **widgets):
+    inputs = dict(siglip=g.node(SIGLIP_LOADER, model_name=siglip, precision=precision)[0],
                   vlm=g.node(LOCAL, model_name=vlm, precision="auto")[0], question=question,
                   **{**DEFAULTS, **widgets})
     if llm:
@@ -96,28 +97,50 @@ def test_video_qa_and_caches_across_prompts(comfy):
     assert [len(r["frames"]) for r in again["rounds"]] == [4, 8, 16]
 
 
-def test_bad_inputs_fail_clearly_and_the_server_goes_on(comfy):
-    for widgets, message in [({"question": "   "}, "question is empty"),
-                             ({"static_sizes": "8, 4"}, "must not decrease"),
-                             ({"dynamic_sizes": "a, b"}, "not a comma-separated list"),
-                             ({"question_type": "both"}, "question_type: 'both' is not one of")]:
-        g = Graph()
-        qa(g, **{"question": "What is shown?", **widgets})
-        assert message in json.dumps(comfy.validate_error(g.prompt())), widgets
+def test_each_refusal_marks_only_its_input(comfy):
+    """ComfyUI marks every input a node's validate_inputs takes with its error: an empty question must mark the
+    question alone, a key pasted as api_key_env that input alone, a missing model its model_name alone."""
     g = Graph()
-    qa(g, "What is shown?", siglip="no-such-siglip")
-    assert "model_name: 'no-such-siglip' is not one of" in json.dumps(comfy.validate_error(g.prompt()))
+    qa(g, "   ")
+    body = comfy.validate_error(g.prompt())
+    assert flagged_inputs(body) == {QA: ["question"]}, body
+    assert "question is empty: type what you want to know about the video" in json.dumps(body)
 
-    def failing(message, **kw):
+    pasted = "sk-live-" + "7f3a" * 6
+    g = Graph()
+    qa(g, "What is shown?", llm=None)
+    g.nodes["qa"]["inputs"]["llm"] = g.node(HTTP, base_url="http://127.0.0.1:9/v1", model="", api_key_env=pasted,
+                                            vision=False, timeout=30.0, retries=0, backoff=0.0, temperature=0.0)[0]
+    body = comfy.validate_error(g.prompt())
+    assert flagged_inputs(body) == {HTTP: ["api_key_env"]}, body
+    assert "put the NAME of the variable here" in json.dumps(body)
+    assert pasted not in json.dumps(body) and pasted not in comfy.log_text()  # refused without echoing it
+
+    for kw, loader in ((dict(siglip="no-such-siglip"), SIGLIP_LOADER), (dict(vlm="no-such-vlm"), LOCAL)):
+        g = Graph()
+        qa(g, "What is shown?", **kw)
+        body = comfy.validate_error(g.prompt())
+        assert flagged_inputs(body) == {loader: ["model_name"]}, body
+        assert f"model_name: {next(iter(kw.values()))!r} is not one of" in json.dumps(body)
+
+
+def test_bad_inputs_fail_clearly_and_the_server_goes_on(comfy):
+    def failing(message, node=QA, **kw):
         g = Graph()
         qa(g, "What is shown?", **kw)
         error = comfy.run_expecting_error(g.prompt())
         assert message in error["exception_message"], error["exception_message"]
+        assert error["node_type"] == node and error["exception_type"] == "ValueError", error
 
-    failing("video: could not read its frames", video=EMPTY_VIDEO)
+    # checked when the node runs (validate_inputs takes one input), a ValueError naming the input
+    failing("static_sizes: the expand schedule must not decrease", static_sizes="8, 4")
+    failing("dynamic_sizes: 'a, b' is not a comma-separated list", dynamic_sizes="a, b")
+    failing("question_type: 'both' is not one of", question_type="both")
+    failing("precision: 'fp8' is not one of auto, fp32, fp16, bf16", node=SIGLIP_LOADER, precision="fp8")
+    failing("the video has no frames", video=EMPTY_VIDEO)  # core's reader fails on it; its video stream is empty
     failing("connect either images (an IMAGE batch) or video (a VIDEO)", video=None)
     failing("does not take images; the Actor and the frame notes need a vision-language model", vlm=TEXT_LLM)
-    failing("describes a 'clip' model, not SigLIP2", siglip=SIGLIP_WRONG_TYPE)
+    failing("describes a 'clip' model, not SigLIP2", node=SIGLIP_LOADER, siglip=SIGLIP_WRONG_TYPE)
 
     # a one-frame "video" (an image) works: every round sees that frame
     Image.fromarray(decoded_video(comfy)[40]).save(os.path.join(comfy.base, "input", "reflection_one_frame.png"))

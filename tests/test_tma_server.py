@@ -5,11 +5,14 @@ import pytest
 import torch
 
 from conftest import load_latent
+from harness.comfy_server import flagged_inputs
 from harness.tiny_models import SD3, WAN21_I2V, WAN22_TI2V
 from harness.wan_graphs import wan_t2v_graph
 from harness.graph import Graph
 
 pytestmark = pytest.mark.server
+
+TMA = "UniCascadeTemperatureModalityAlignment"
 
 TMA_DEFAULTS = dict(lambda_txt=0.3, lambda_img=0.3, schedule="cosine", txt_window_end=0.4, img_window_start=0.6,
                     progress="global (from sigma)")
@@ -150,6 +153,7 @@ def test_unsupported_model_fails_with_its_name_and_server_goes_on(comfy):
     g.node("SaveLatent", samples=out[0], filename_prefix=comfy.prefix)
     error = comfy.run_expecting_error(g.prompt())
     assert "TMA works on Wan 2.1/2.2 or Flux models" in error["exception_message"]
+    assert error["exception_type"] == "ValueError"  # a plain type, not the pack's module path
     assert "SD3" in error["exception_message"]
     # TACA on a Wan model is refused too
     g2 = Graph()
@@ -164,6 +168,7 @@ def test_unsupported_model_fails_with_its_name_and_server_goes_on(comfy):
     g2.node("SaveLatent", samples=out[0], filename_prefix=comfy.prefix + "_taca")
     error = comfy.run_expecting_error(g2.prompt())
     assert "TACA works on Flux models" in error["exception_message"] and "WAN21" in error["exception_message"]
+    assert error["exception_type"] == "ValueError"
     # the server keeps serving
     assert run_latent(comfy, "after_error").shape[1] == 16
 
@@ -172,8 +177,13 @@ def test_out_of_range_lambda_is_rejected_at_validation(comfy):
     body = comfy.validate_error(wan_t2v_graph(comfy.prefix, tma=tma(lambda_txt=5.0)))
     text = str(body)
     assert "lambda_txt" in text and "value_bigger_than_max" in text
+    assert flagged_inputs(body) == {TMA: ["lambda_txt"]}, body
     body = comfy.validate_error(wan_t2v_graph(comfy.prefix, tma=tma(schedule="exponential")))
-    assert "schedule" in str(body)
+    assert flagged_inputs(body) == {TMA: ["schedule"]}, body  # validate_inputs takes the schedule only
+    assert "schedule: 'exponential' is not one of" in str(body)
+    error = comfy.run_expecting_error(wan_t2v_graph(comfy.prefix, tma=tma(progress="percent")))  # checked at run
+    assert error["node_type"] == TMA and error["exception_type"] == "ValueError", error
+    assert "progress: 'percent' is not one of global (from sigma), sampler steps" in error["exception_message"]
     assert run_latent(comfy, "after_invalid").shape[1] == 16
 
 

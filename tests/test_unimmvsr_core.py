@@ -45,14 +45,49 @@ def test_independent_cfg_equation_and_threshold():
         guidance.combine(full, no_txt, None, 3.0, 1.0)
 
 
-def test_noise_augmentation_is_the_forward_flow():
+def test_noise_augmentation_is_the_forward_flow_in_the_models_latent_space():
     z = torch.ones(1, 4, 2, 3, 3)
-    g = torch.Generator().manual_seed(0)
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(augmentation.augment(z, 600, g), 0.4 * z + 0.6 * noise)
-    assert torch.equal(augmentation.augment(z, 0), z)
+    assert torch.allclose(augmentation.augment(z, 600, noise), 0.4 * z + 0.6 * noise)
+    assert torch.equal(augmentation.augment(z, 0, noise), z)
+    assert torch.equal(augmentation.augmentation_noise(z.shape, 0), noise)
     with pytest.raises(ValueError):
-        augmentation.augment(z, 1200)
+        augmentation.augment(z, 1200, noise)
+    with pytest.raises(ValueError, match="does not match"):
+        augmentation.augment(z, 600, noise[:, :2])
+    # normalisation first, noise after: μ/σ of the latent format never touch ε
+    mean, std = torch.tensor([1.0, -2.0, 0.5, 3.0]).view(1, 4, 1, 1, 1), torch.tensor([2.0, 0.5, 1.0, 4.0]).view(1, 4, 1, 1, 1)
+    raw = mean + std * torch.randn(z.shape, generator=torch.Generator().manual_seed(1))
+    got = augmentation.lr_condition(raw, lambda x: (x - mean) / std, 200, noise)
+    assert torch.allclose(got, 0.8 * (raw - mean) / std + 0.2 * noise)
+
+
+def test_reference_padding_is_zero_in_the_vaes_pixel_space():
+    from core.unimmvsr.references import pad_to
+    frames = torch.rand(2, 10, 20, 3) * 0.2 + 0.7
+    out = pad_to(frames, 32, 16)
+    assert out.shape == (2, 16, 32, 3)
+    assert torch.equal(out[:, 3:13, 6:26], frames)               # centred, unscaled
+    border = torch.ones(16, 32, dtype=torch.bool)
+    border[3:13, 6:26] = False
+    vae_input = out[:, border] * 2 - 1                           # ComfyUI's Wan VAE input range [−1, 1]
+    assert torch.equal(vae_input, torch.zeros_like(vae_input))  # the paper's zeros: mid-grey, not black
+
+
+def test_bilinear_upscale_by_hand():
+    from core.unimmvsr.upsampling import upscale_frames
+    frame = torch.tensor([[0.0, 1.0], [1.0, 0.0]])[None, :, :, None].repeat(1, 1, 1, 3)
+    out = upscale_frames(frame, 4, 4)[0, :, :, 0]
+    # half-pixel centres (align_corners=False): output x' samples input x = (x' + 0.5)/2 − 0.5, clamped at edges
+    def sample(y, x):
+        def coords(v):
+            v = min(max((v + 0.5) / 2 - 0.5, 0.0), 1.0)
+            return v
+        yy, xx = coords(y), coords(x)
+        a = [[0.0, 1.0], [1.0, 0.0]]
+        return ((1 - yy) * (1 - xx) * a[0][0] + (1 - yy) * xx * a[0][1] + yy * (1 - xx) * a[1][0] + yy * xx * a[1][1])
+    want = torch.tensor([[sample(y, x) for x in range(4)] for y in range(4)])
+    assert torch.allclose(out, want, atol=1e-6)
 
 
 def test_tiles_cover_with_equal_sizes_and_blend_exactly():

@@ -47,6 +47,7 @@ class MfMCondition:
     fps: int
     placement: fitting.Placement | None = None
     extras: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)   # what the user should know (the node logs them)
 
     @property
     def frames(self) -> int:
@@ -181,6 +182,12 @@ def build_condition(task: Task, prompt: str, width: int, height: int, frames: in
             user = make(source.shape[1], source.shape[2], seed).expand(source.shape[0], -1, -1)
         keep *= fitting.place_mask(user[:frames], placement)
 
+    warnings = []
+    if placed and not bool(keep.any()):
+        warnings.append(f"the mask keeps nothing of the {'image' if task.image else 'video'} (it marks every pixel "
+                        f"to be generated): {task.name} degenerates to "
+                        f"{'text-to-image' if task.image else 'text-to-video'} generation")
+
     fitted = canvas
     if key in ("vcolor", "icolor"):
         canvas = grayscale(canvas)
@@ -198,4 +205,4 @@ def build_condition(task: Task, prompt: str, width: int, height: int, frames: in
     return MfMCondition(task=task, pixels=pixels, depth=depth, keep=keep, canvas=canvas,
                         known_frames=sorted(set(known)), positive=positive_prompt(task, prompt, fps),
                         negative=negative_prompt(task), motion_score=0.0 if task.image else float(motion_score),
-                        cfg=task.cfg, fps=fps, placement=placement)
+                        cfg=task.cfg, fps=fps, placement=placement, warnings=warnings)

@@ -42,8 +42,8 @@ def check_base_url(base_url: str) -> str:
 def check_key_env(name: str) -> str:
     name = str(name or "").strip()
     if name and not all(c.isalnum() or c == "_" for c in name):
-        raise ConfigError(f"api_key_env: {name!r} is not an environment variable name (letters, digits, _); put "
-                          "the NAME of the variable here, never the key itself")
+        raise ConfigError("api_key_env: this is not an environment variable name (letters, digits, _; not echoed "
+                          "here in case it is a key); put the NAME of the variable here, never the key itself")
     return name
 
 

@@ -3,7 +3,8 @@ prose, single quotes or trailing commas, or break it). Each reader has a defined
 
 - question type: JSON ``qtype`` → ``qtype: …`` in text → the only one of 'static'/'dynamic' named → None (the
   caller then routes by keywords);
-- evaluation: JSON ``score``/``verdict`` → the same fields found by pattern → unreadable = score 0, reject;
+- evaluation: JSON ``score``/``verdict`` → the same fields found by pattern → unreadable = score 0, reject (a score
+  outside 0–1 is unreadable too: the model used another scale, e.g. 5 of 10, which must not pass for 1);
 - refinement: JSON ``refined_query`` → the field found by pattern → '' (keep the current search text).
 """
 from __future__ import annotations
@@ -128,6 +129,7 @@ class Evaluation:
 
 
 def _score(value) -> float | None:
+    """The number given as the score (a percentage divided by 100), None when there is none; range not checked."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
@@ -141,7 +143,7 @@ def _score(value) -> float | None:
             number /= 100.0
     if number != number:  # NaN
         return None
-    return min(1.0, max(0.0, number))  # outside 0–1: clamped
+    return number
 
 
 def _reason(value) -> str:
@@ -151,7 +153,7 @@ def _reason(value) -> str:
 
 
 def parse_evaluation(text: str | None) -> Evaluation:
-    """The Evaluator's {score, verdict, brief_reason}; unreadable → score 0, reject."""
+    """The Evaluator's {score, verdict, brief_reason}; unreadable or a score outside 0–1 → score 0, reject."""
     text = str(text or "").translate(SMART_QUOTES)
     obj = extract_json(text)
     score = verdict = reason = None
@@ -170,9 +172,12 @@ def parse_evaluation(text: str | None) -> Evaluation:
     if reason is None:
         found = _field(text, "brief_reason", r"[\"']([^\"']*)")
         reason = _reason(found) if found else ""
+    excerpt = " ".join(text.split())[:120]
     if score is None and verdict is None:
-        excerpt = " ".join(text.split())[:120]
         return Evaluation(0.0, "reject", f"evaluator reply could not be read: {excerpt!r}", readable=False)
+    if score is not None and not 0.0 <= score <= 1.0:
+        return Evaluation(0.0, "reject", f"evaluator score {score:g} is outside 0–1 (another scale?), reply not "
+                                         f"used: {excerpt!r}", readable=False)
     if verdict is None:
         verdict = "reject"  # the caller's threshold still accepts a high score
     return Evaluation(score, verdict, reason, readable=True)

@@ -4,7 +4,9 @@ A safetensors file whose metadata holds ``unimmvsr_format = "1"`` and:
 - ``unimmvsr_kind``: ``full`` (every weight) or ``delta`` (only what differs from the Wan T2V checkpoint named in
   ``unimmvsr_base``, a file of ComfyUI's ``diffusion_models`` folder);
 - ``unimmvsr_backbone``: ``wan2.1`` (16 latent channels) or ``wan2.2`` (48);
-- ``unimmvsr_id_start`` / ``unimmvsr_video_start``: the RoPE starts of ID images and reference videos.
+- ``unimmvsr_id_start`` / ``unimmvsr_video_start``: the RoPE starts of ID images and reference videos;
+- ``unimmvsr_shift``: the flow timestep shift to sample with (paper: 1.0, the default when absent — not the
+  8.0 ComfyUI gives Wan T2V models).
 Tensors: the Wan diffusion-model keys, with ``patch_embedding.weight`` taking 2·C input channels (noisy latent,
 then the upsampled LR condition), plus ``unimmvsr.aug_embedding.{linear_1,linear_2}.{weight,bias}``.
 
@@ -22,6 +24,7 @@ FORMAT = "1"
 PREFIX = "unimmvsr."
 AUG_PREFIX = PREFIX + "aug_embedding."
 BACKBONES = {"wan2.1": 16, "wan2.2": 48}
+DEFAULT_SHIFT = 1.0  # UniMMVSR A.3: sampling timestep shift 1.0
 
 
 class NotUniMMVSRError(ValueError):
@@ -39,7 +42,7 @@ def backbone_of(t2v: dict[str, torch.Tensor]) -> str:
 
 
 def init_from_t2v(t2v: dict[str, torch.Tensor], seed: int = 0, id_start: int = PAPER_ID_START,
-                  video_start: int = PAPER_VIDEO_START) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+                  video_start: int = PAPER_VIDEO_START, shift: float = DEFAULT_SHIFT) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     backbone = backbone_of(t2v)
     out = dict(t2v)
     w = t2v["patch_embedding.weight"]
@@ -51,7 +54,8 @@ def init_from_t2v(t2v: dict[str, torch.Tensor], seed: int = 0, id_start: int = P
     for k, v in aug.state_dict().items():
         out[AUG_PREFIX + k] = v.to(w.dtype).contiguous()
     meta = {"unimmvsr_format": FORMAT, "unimmvsr_kind": "full", "unimmvsr_backbone": backbone,
-            "unimmvsr_id_start": str(id_start), "unimmvsr_video_start": str(video_start)}
+            "unimmvsr_id_start": str(id_start), "unimmvsr_video_start": str(video_start),
+            "unimmvsr_shift": repr(float(shift))}
     return out, meta
 
 
@@ -86,3 +90,15 @@ def validate(sd: dict[str, torch.Tensor], meta: dict[str, str] | None) -> dict[s
     if missing:
         raise NotUniMMVSRError(f"the augmentation embedding is missing: {', '.join(AUG_PREFIX + k for k in missing)}")
     return meta
+
+
+def shift_of(meta: dict[str, str]) -> float:
+    """The sampling shift a checkpoint asks for (metadata ``unimmvsr_shift``, default 1.0)."""
+    raw = meta.get("unimmvsr_shift", str(DEFAULT_SHIFT))
+    try:
+        shift = float(raw)
+    except ValueError:
+        raise NotUniMMVSRError(f"unimmvsr_shift {raw!r} is not a number") from None
+    if not 0 < shift < 1000:
+        raise NotUniMMVSRError(f"unimmvsr_shift {shift} is outside (0, 1000)")
+    return shift

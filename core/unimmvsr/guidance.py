@@ -5,6 +5,12 @@
 with s_ref applied only during the first N_ref steps and 0 afterwards, so a step costs three model evaluations
 while the reference term is on and two after. Defaults: 50 steps, s_txt = 3.0, s_ref = 1.0, N_ref = 15.
 Note the form: the full prediction plus scaled differences (not the usual uncond + s·(cond − uncond)).
+∅_txt is the null prompt (the paper's text dropout trains the model on it).
+
+The threshold is stated here as a fraction of the whole denoising trajectory, N_ref / steps (0.30 for the paper's
+15 of 50), and compared with the global progress u of each step computed from its σ: with the `simple` schedule
+step i has u = i / steps, so "u < N_ref / steps" is exactly "the first N_ref steps", and it stays right when the
+schedule is split over several sampler calls or starts at denoise < 1 (a step count per sampler call would not).
 """
 from __future__ import annotations
 
@@ -12,11 +18,20 @@ DEFAULT_STEPS = 50
 DEFAULT_TEXT_SCALE = 3.0
 DEFAULT_REFERENCE_SCALE = 1.0
 DEFAULT_REFERENCE_STEPS = 15
+DEFAULT_REFERENCE_END = DEFAULT_REFERENCE_STEPS / DEFAULT_STEPS  # 0.30 of the trajectory
 
 
 def reference_scale_at(step_index: int, reference_scale: float, reference_steps: int) -> float:
-    """s_ref for this step under the threshold (eq. 3)."""
+    """s_ref for step ``step_index`` of a schedule under the threshold N_ref (eq. 3)."""
     return reference_scale if step_index < reference_steps else 0.0
+
+
+PROGRESS_TOLERANCE = 1e-4  # a step whose u sits on the threshold counts as past it (σ tables have 1e-3 resolution)
+
+
+def reference_on(u: float, reference_end: float) -> bool:
+    """Eq. 3 by global progress: the reference term is on while u < N_ref / steps."""
+    return u < reference_end - PROGRESS_TOLERANCE
 
 
 def evaluations_per_step(step_index: int, reference_scale: float, reference_steps: int,

@@ -53,6 +53,7 @@ class ComfyServer:
         self.extra_args = list(extra_args)
         self.proc: subprocess.Popen | None = None
         self._ws: websocket.WebSocket | None = None
+        self.events: list[tuple[str, dict]] = []
 
     # -- life cycle -------------------------------------------------------------------------------------
     def start(self, timeout: float = 120.0) -> "ComfyServer":
@@ -143,8 +144,10 @@ class ComfyServer:
         return body
 
     def wait(self, prompt_id: str, timeout: float = 900) -> dict:
-        """Follow websocket events until the prompt finishes; return its history entry."""
+        """Follow websocket events until the prompt finishes; return its history entry. The prompt's events (type,
+        data) stay in ``self.events``."""
         ws = self._websocket()
+        self.events: list[tuple[str, dict]] = []
         deadline = time.time() + timeout
         while time.time() < deadline:
             ws.settimeout(max(1.0, deadline - time.time()))
@@ -158,6 +161,7 @@ class ComfyServer:
             data = event.get("data", {})
             if data.get("prompt_id") != prompt_id:
                 continue
+            self.events.append((event["type"], data))
             if event["type"] in ("execution_success", "execution_error", "execution_interrupted"):
                 break
             if event["type"] == "executing" and data.get("node") is None:
@@ -194,6 +198,14 @@ class ComfyServer:
 
     def output_path(self, *parts: str) -> str:
         return os.path.join(self.base, "output", *parts)
+
+
+def flagged_inputs(body: dict) -> dict[str, list[str]]:
+    """What a /prompt refusal marks: node class → the inputs its errors name (the frontend outlines those)."""
+    marked: dict[str, list[str]] = {}
+    for entry in body.get("node_errors", {}).values():
+        marked.setdefault(entry["class_type"], []).extend(e["extra_info"]["input_name"] for e in entry["errors"])
+    return marked
 
 
 def clear_directory(path: str) -> None:

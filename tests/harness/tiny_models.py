@@ -28,6 +28,8 @@ UNIMMVSR = "unimmvsr_wan2.1_1.3B.safetensors"              # full checkpoint, ze
 UNIMMVSR_DELTA = "unimmvsr_wan2.1_1.3B_delta.safetensors"  # the same as a delta over WAN21_T2V
 UNIMMVSR_TRUNCATED = "unimmvsr_truncated.safetensors"
 UNIMMVSR_WAN22 = "unimmvsr_wan2.2_5B.safetensors"          # from the 48-channel Wan 2.2 TI2V-layout parent
+UNIMMVSR_TRAINED = "unimmvsr_wan2.1_trained.safetensors"   # non-zero LR weights + augmentation embedding
+UNIMMVSR_SHIFT3 = "unimmvsr_wan2.1_shift3.safetensors"     # delta over WAN21_T2V asking for sampling shift 3.0
 UNIMMVSR_PLAIN_WAN = "plain_wan_in_unimmvsr_folder.safetensors"  # an MM-DiT that is neither Wan nor Flux: for "unsupported model" errors
 
 WAN_VARIANTS = {
@@ -192,6 +194,24 @@ def write_unimmvsr_fixtures(models_dir: str, t2v_path: str, wan22_path: str) -> 
     shutil.copy(t2v_path, os.path.join(folder, UNIMMVSR_PLAIN_WAN))
     sd22, meta22 = init_from_t2v(load_file(wan22_path))
     save_file(sd22, os.path.join(folder, UNIMMVSR_WAN22), metadata=meta22)
+    save_file(as_trained(sd), os.path.join(folder, UNIMMVSR_TRAINED), metadata=meta)
+    sd3, meta3 = init_from_t2v(parent, shift=3.0)
+    delta3, delta3_meta = to_delta(sd3, meta3, parent, os.path.basename(t2v_path))
+    save_file(delta3, os.path.join(folder, UNIMMVSR_SHIFT3), metadata=delta3_meta)
+
+
+def as_trained(sd: dict, seed: int = 1, scale: float = 0.05) -> dict:
+    """A zero-initialised UniMMVSR state dict with random values where training would put them: the LR input
+    channels of ``patch_embedding`` and the augmentation embedding's output layer."""
+    g = torch.Generator().manual_seed(seed)
+    out = dict(sd)
+    w = sd["patch_embedding.weight"]
+    c = w.shape[1] // 2
+    lr = (torch.randn(w[:, c:].shape, generator=g) * scale).to(w.dtype)
+    out["patch_embedding.weight"] = torch.cat([w[:, :c], lr], dim=1).contiguous()
+    for key in ("unimmvsr.aug_embedding.linear_2.weight", "unimmvsr.aug_embedding.linear_2.bias"):
+        out[key] = (torch.randn(sd[key].shape, generator=g) * scale).to(sd[key].dtype).contiguous()
+    return out
 
 
 EXAMPLE_IMAGE = "unicascade_example.png"
