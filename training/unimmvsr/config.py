@@ -1,0 +1,195 @@
+"""The trainer's TOML configuration (UniMMVSR §3.3–3.4, A.4; SPEC §1 "Training").
+
+One file describes a whole run: the parent model, the data, the degradation, the optimisation and the
+difficult → easy curriculum as a list of ``[[stages]]``, each with its own step count, frame count, size and task
+mix (the paper: T2V only at 21 frames; T2V:MI2V 0.6:0.4; T2V:MI2V:editing 0.5:0.3:0.2; the same mix at 77 frames).
+Relative paths are resolved against the config file's folder. Every field has the paper's value or a documented
+default; anything unknown or out of range is refused with the key named.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+TASKS = ("t2v", "mi2v", "editing")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    parent: str                          # Wan T2V diffusion model (.safetensors), or a UniMMVSR checkpoint to go on from
+    vae: str                             # the backbone's VAE (.safetensors), loaded by ComfyUI's VAE class
+    text_encoder: str = ""               # umt5 (.safetensors) for ComfyUI's CLIP loader; or "" with a text cache
+    text_encoder_type: str = "wan"       # ComfyUI CLIPType name
+    id_start: int = 20                   # RoPE starts of ID images / reference videos (§3.2, A.5.7)
+    video_start: int = 30
+    shift: float = 1.0                   # sampling shift written into the checkpoint (A.3: 1.0)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    manifest: str                        # JSONL: one clip per line (training/unimmvsr/manifest.py)
+    validation_manifest: str = ""        # held-out clips for validation ("" = no validation)
+    scale: int = 4                       # LR = HR / scale (the base model's resolution)
+    cache_dir: str = ""                  # latents + text embeddings as safetensors shards ("" = on the fly)
+    cache_variants: int = 1              # distinct degradation/augmentation draws kept per clip in the cache
+    max_id_images: int = 2               # ID images per MI2V sample (each its own RoPE frame)
+
+
+@dataclass(frozen=True)
+class DegradationSettings:
+    sdedit_probability: float = 1.0      # A.4: SDEdit first, then synthetic; 0 skips SDEdit (e.g. the CPU demo)
+    sdedit_model: str = ""               # the T2V base model for SDEdit ("" = the parent, when it is a T2V model)
+    sdedit_steps: int = 50               # the base model's schedule the k steps are taken from
+    sdedit_k: tuple[int, int] = (5, 15)  # k uniform in [K1, K2] (Table 4: 5 keeps identity, 15 destroys it)
+    sdedit_cfg: float = 5.0
+    sdedit_sampler: str = "euler"
+    synthetic: bool = True               # blur / noise / resize / compression after SDEdit
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    output_dir: str = "runs/unimmvsr"
+    seed: int = 0
+    batch_size: int = 32                 # global batch (paper 32) = micro_batch × ranks × accumulation
+    micro_batch: int = 1                 # samples per rank per forward
+    learning_rate: float = 1e-4          # AdamW (paper)
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    mixed_precision: str = "bf16"        # bf16 | fp32
+    gradient_checkpointing: bool = True
+    ema_decay: float = 0.0               # 0 = no EMA
+    lora_rank: int = 0                   # 0 = full fine-tune; > 0 = LoRA on the blocks' linear layers (merged on export)
+    lora_alpha: float = 0.0              # 0 = rank
+    text_dropout: float = 0.1            # null prompt 10% of the time (§3.4)
+    aug_t_range: tuple[int, int] = (200, 600)  # augmentation timestep, uniform (§3.2)
+    sigma_shift: float = 1.0             # training σ ~ U(0, 1) through the flow shift (1.0 = uniform)
+    sharding: str = "ddp"                # ddp | fsdp (FSDP2 fully_shard per block, for 14B)
+    save_every: int = 500
+    validate_every: int = 500
+    validation_steps: int = 8            # sampler steps of a validation run
+    log_every: int = 1
+    export: str = "full"                 # full | delta (over the parent) — the loader reads both
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    steps: int
+    frames: int                          # pixel frames of a sample (4n+1 for Wan)
+    width: int                           # HR crop size
+    height: int
+    tasks: dict = field(default_factory=dict)   # task → ratio (normalised)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig
+    data: DataConfig
+    degradation: DegradationSettings
+    training: TrainingSettings
+    stages: tuple[Stage, ...]
+    source: str = ""                     # the config file
+    base_dir: str = ""
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def path(self, p: str) -> str:
+        return p if not p or os.path.isabs(p) else os.path.normpath(os.path.join(self.base_dir, p))
+
+
+def _build(cls, table: dict, where: str):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        raise ConfigError(f"[{where}]: unknown key(s) {', '.join(unknown)}")
+    kwargs = {}
+    for key, value in table.items():
+        default = names[key].default
+        if isinstance(default, tuple):
+            if not isinstance(value, list) or len(value) != len(default):
+                raise ConfigError(f"[{where}] {key}: expected a list of {len(default)} values, got {value!r}")
+            value = tuple(value)
+        elif isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"[{where}] {key}: expected true or false, got {value!r}")
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif default is not dataclasses.MISSING and not isinstance(default, (dict, list)) and \
+                not isinstance(value, type(default)):
+            raise ConfigError(f"[{where}] {key}: expected {type(default).__name__}, got {value!r}")
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"[{where}]: {e}") from None
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def parse(data: dict, source: str = "", base_dir: str = "") -> TrainConfig:
+    unknown = sorted(set(data) - {"model", "data", "degradation", "training", "stages"})
+    _check(not unknown, f"unknown section(s) {', '.join(unknown)}")
+    _check("model" in data and "data" in data, "the config needs [model] and [data]")
+    model = _build(ModelConfig, data["model"], "model")
+    dat = _build(DataConfig, data["data"], "data")
+    deg = _build(DegradationSettings, data.get("degradation", {}), "degradation")
+    tr = _build(TrainingSettings, data.get("training", {}), "training")
+    stages = []
+    for i, raw in enumerate(data.get("stages", [])):
+        raw = dict(raw)
+        tasks = raw.pop("tasks", {"t2v": 1.0})
+        stage = _build(Stage, {**raw, "tasks": {}}, f"stages.{i}")
+        _check(isinstance(tasks, dict) and tasks, f"[stages.{i}] tasks: a table of task = ratio")
+        bad = sorted(set(tasks) - set(TASKS))
+        _check(not bad, f"[stages.{i}] tasks: unknown task(s) {', '.join(bad)} (known: {', '.join(TASKS)})")
+        _check(all(isinstance(v, (int, float)) and v >= 0 for v in tasks.values()) and sum(tasks.values()) > 0,
+               f"[stages.{i}] tasks: ratios must be ≥ 0 and not all 0")
+        total = float(sum(tasks.values()))
+        stage = dataclasses.replace(stage, tasks={k: v / total for k, v in tasks.items() if v > 0})
+        _check(stage.steps > 0, f"[stages.{i}] steps must be > 0")
+        _check(stage.frames >= 1 and (stage.frames - 1) % 4 == 0, f"[stages.{i}] frames {stage.frames} is not 4n+1")
+        _check(stage.width % (16 * dat.scale) == 0 and stage.height % (16 * dat.scale) == 0,
+               f"[stages.{i}] {stage.width}×{stage.height} must be a multiple of 16·scale = {16 * dat.scale} "
+               f"(the LR video must fit the VAE too)")
+        stages.append(stage)
+    _check(bool(stages), "the config needs at least one [[stages]] entry")
+    _check(dat.scale >= 1, "[data] scale must be ≥ 1")
+    _check(0 <= deg.sdedit_probability <= 1, "[degradation] sdedit_probability must be in [0, 1]")
+    _check(0 <= deg.sdedit_k[0] <= deg.sdedit_k[1] <= deg.sdedit_steps,
+           "[degradation] sdedit_k must satisfy 0 ≤ K1 ≤ K2 ≤ sdedit_steps")
+    _check(tr.mixed_precision in ("bf16", "fp32"), "[training] mixed_precision: bf16 or fp32")
+    _check(tr.sharding in ("ddp", "fsdp"), "[training] sharding: ddp or fsdp")
+    _check(tr.export in ("full", "delta"), "[training] export: full or delta")
+    _check(0 <= tr.text_dropout < 1, "[training] text_dropout must be in [0, 1)")
+    _check(0 <= tr.aug_t_range[0] <= tr.aug_t_range[1] <= 1000, "[training] aug_t_range must lie in [0, 1000]")
+    _check(0 <= tr.ema_decay < 1, "[training] ema_decay must be in [0, 1)")
+    _check(tr.micro_batch >= 1 and tr.batch_size >= tr.micro_batch, "[training] need batch_size ≥ micro_batch ≥ 1")
+    return TrainConfig(model, dat, deg, tr, tuple(stages), source, base_dir)
+
+
+def load(path: str, overrides: dict | None = None) -> TrainConfig:
+    """Read a TOML config; ``overrides`` maps "section.key" to a value (the CLI's --set)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        _check(bool(key) and section in ("model", "data", "degradation", "training"),
+               f"--set {dotted}: use section.key with section model, data, degradation or training")
+        data.setdefault(section, {})[key] = value
+    return parse(data, os.path.abspath(path), os.path.dirname(os.path.abspath(path)))

@@ -1,0 +1,208 @@
+"""One training sample in pixels, drawn from (seed, step, slot, attempt) (UniMMVSR §3.3, A.2, A.4; Table 3).
+
+HR: ``frames`` consecutive frames of a clip, scaled to cover the stage's size and randomly cropped. LR: the HR
+window downsampled to the base model's size and degraded by SDEdit with the T2V base model (k steps, k uniform
+in [K1, K2], when a degrader is given and with the configured probability), then by the synthetic degradations
+(which do the downsampling themselves when SDEdit did not), and upsampled back bilinearly as the Upsampler node
+does. References by task: MI2V — 1…max ID images (the
+manifest's, or frames of the clip outside the target window, as the paper extracts them), each augmented as in
+Table 3; editing — a reference video (the manifest's, or another segment of the clip) from a random start frame.
+References are padded in pixel space to the HR size as the References node pads them. Bad items raise
+``SampleError`` naming the item; the trainer skips, counts and reports them.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...core.unimmvsr.references import pad_to, usable_video_frames
+from ...core.unimmvsr.upsampling import upscale_frames
+from .curriculum import draw_task, sample_rng
+from .manifest import Item, items_for
+
+
+class SampleError(ValueError):
+    pass
+
+
+@dataclass
+class Draw:
+    """The choices of one slot of one step: what to show (item, task, a content seed) and how to noise it."""
+    item: Item
+    task: str
+    stage_index: int
+    prompt: str                       # "" when the text was dropped (the null prompt)
+    aug_t: float
+    sigma: float
+    noise_seed: int
+    content_seed: int                 # crop, degradation and references come from this seed
+    cache_key: tuple | None = None    # set when the draw's content is cacheable (a fixed variant of the clip)
+
+
+@dataclass
+class PixelSample:
+    item: Item
+    task: str
+    prompt: str                       # "" when the text was dropped
+    hr: torch.Tensor                  # [T, H, W, 3] in [0, 1]
+    lr: torch.Tensor                  # [T, H/scale, W/scale, 3] degraded
+    lr_up: torch.Tensor               # [T, H, W, 3] bilinear upsample of lr (the Upsampler's pixels)
+    id_images: list = field(default_factory=list)     # each [1, H, W, 3], padded
+    reference_video: torch.Tensor | None = None       # [T', H, W, 3], padded
+    record: dict = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=8)
+def decode(path: str) -> torch.Tensor:
+    """All frames of a clip's video stream as uint8 [T, H, W, 3] (PyAV; the audio is never touched)."""
+    from ...core.video import decode_video_stream
+
+    if not os.path.isfile(path):
+        raise SampleError(f"{path}: no such file")
+    try:
+        frames = decode_video_stream(path).frames
+    except ValueError as e:
+        raise SampleError(f"{path}: could not decode ({e})") from None
+    if frames.shape[0] == 0:
+        raise SampleError(f"{path}: could not decode (no frames)")
+    return (frames * 255).round().to(torch.uint8)
+
+
+def load_image(path: str) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise SampleError(f"{path}: no such file")
+    try:
+        with Image.open(path) as im:
+            return torch.from_numpy(np.array(im.convert("RGB"))).float() / 255.0
+    except (UnidentifiedImageError, OSError) as e:
+        raise SampleError(f"{path}: could not decode ({e})") from None
+
+
+def cover_crop(frames: torch.Tensor, width: int, height: int, rng: np.random.Generator | None) -> torch.Tensor:
+    """[T, h, w, 3] uint8/float → [T, height, width, 3] float: scaled (area) to cover the box, then a crop
+    (random when ``rng`` is given, else centred)."""
+    t, h, w, _ = frames.shape
+    scale = max(width / w, height / h)
+    nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
+    x = frames.float().div(255.0) if frames.dtype == torch.uint8 else frames.float()
+    x = x.movedim(-1, 1)
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="area" if scale < 1 else "bicubic",
+                          **({} if scale < 1 else {"align_corners": False})).clamp(0, 1)
+    top = int(rng.integers(0, nh - height + 1)) if rng is not None else (nh - height) // 2
+    left = int(rng.integers(0, nw - width + 1)) if rng is not None else (nw - width) // 2
+    return x[:, :, top:top + height, left:left + width].movedim(1, -1).contiguous()
+
+
+def downsample(frames: torch.Tensor, scale: int) -> torch.Tensor:
+    """[T, H, W, 3] → [T, H/scale, W/scale, 3] by area averaging (the base model's resolution)."""
+    if scale == 1:
+        return frames
+    x = F.interpolate(frames.movedim(-1, 1), scale_factor=1 / scale, mode="area")
+    return x.movedim(1, -1).contiguous()
+
+
+class SampleBuilder:
+    """Draws pixel samples for a config; ``sdedit(frames, k, seed)`` degrades LR frames with the base model."""
+
+    def __init__(self, cfg, items: list[Item], sdedit=None):
+        self.cfg = cfg
+        self.items = items
+        self.sdedit = sdedit
+        self.by_task = {t: items_for(items, t) for t in ("t2v", "mi2v", "editing")}
+
+    def draw(self, stage_index: int, stage, step: int, slot: int, attempt: int = 0) -> Draw:
+        """The choices of a slot. With a cache, the content is one of ``cache_variants`` fixed draws per clip and
+        stage (so it can be reused); σ, noise, t_aug and text dropout are drawn afresh every step."""
+        cfg = self.cfg
+        rng = sample_rng(cfg.training.seed, step, slot, attempt)
+        task = draw_task(stage, rng)
+        pool = self.by_task.get(task) or []
+        if not pool:
+            raise SampleError(f"no clip of the manifest serves task {task}")
+        item = pool[int(rng.integers(len(pool)))]
+        content_seed = int(rng.integers(2**62))
+        key = None
+        if cfg.data.cache_dir:
+            variant = int(rng.integers(cfg.data.cache_variants))
+            content_seed = int(np.random.default_rng([cfg.training.seed, item.line, stage_index,
+                                                      ("t2v", "mi2v", "editing").index(task), variant]).integers(2**62))
+            key = (item.video, item.line, stage_index, stage.frames, stage.width, stage.height, task, variant)
+        prompt = "" if rng.random() < cfg.training.text_dropout else item.prompt
+        lo, hi = cfg.training.aug_t_range
+        aug_t = float(rng.uniform(lo, hi))
+        u, shift = float(rng.random()), cfg.training.sigma_shift
+        sigma = shift * u / (1 + (shift - 1) * u)
+        return Draw(item, task, stage_index, prompt, aug_t, sigma, int(rng.integers(2**31)), content_seed, key)
+
+    def pixels(self, draw: Draw, stage) -> PixelSample:
+        try:
+            return self._build(draw.item, draw.task, stage, np.random.default_rng(draw.content_seed))
+        except SampleError as e:
+            raise SampleError(f"{draw.item.label}: {e}") from None
+
+    def build_validation(self, item: Item, stage, task: str, seed: int) -> PixelSample:
+        """A deterministic sample of a held-out clip: centred crop, first frames, fixed degradation seed."""
+        try:
+            return self._build(item, task, stage, np.random.default_rng(seed), centred=True)
+        except SampleError as e:
+            raise SampleError(f"{item.label}: {e}") from None
+
+    def _build(self, item: Item, task: str, stage, rng: np.random.Generator, centred: bool = False) -> PixelSample:
+        from .degradation import degrade
+        from .reference_augmentation import augment_reference, shift_reference_video_start
+
+        cfg, scale = self.cfg, self.cfg.data.scale
+        video = decode(item.video)
+        n = stage.frames
+        if video.shape[0] < n:
+            raise SampleError(f"too short: {video.shape[0]} frames, the stage needs {n}")
+        start = 0 if centred else int(rng.integers(0, video.shape[0] - n + 1))
+        hr = cover_crop(video[start:start + n], stage.width, stage.height, None if centred else rng)
+        record = {"start": start}
+        deg = cfg.degradation
+        lr, factor = hr, scale          # what is left to downsample by the synthetic resize
+        if self.sdedit is not None and rng.random() < deg.sdedit_probability:
+            k = int(rng.integers(deg.sdedit_k[0], deg.sdedit_k[1] + 1))
+            lr = self.sdedit(downsample(hr, scale), k, int(rng.integers(2**31)), item.prompt)
+            factor = 1
+            record["sdedit_k"] = k
+        if deg.synthetic:           # blur → resize → noise → JPEG → video codec (degradation.py)
+            lr, ops = degrade(lr, factor, int(rng.integers(2**31)))
+            record["synthetic"] = ops
+        else:
+            lr = downsample(lr, factor)
+        lr_up = upscale_frames(lr, stage.width, stage.height)
+        sample = PixelSample(item, task, item.prompt, hr, lr, lr_up, record=record)
+        if task == "mi2v":
+            count = int(rng.integers(1, cfg.data.max_id_images + 1))
+            if item.id_images:
+                picks = [item.id_images[int(i)] for i in rng.choice(len(item.id_images), size=count)]
+                images = [load_image(p) for p in picks]
+            else:
+                outside = [i for i in range(video.shape[0]) if not start <= i < start + n]
+                if not outside:
+                    raise SampleError("no frame outside the target window to take an ID image from")
+                images = [video[int(outside[int(rng.integers(len(outside)))])].float() / 255.0 for _ in range(count)]
+            for image in images:
+                aug, _ = augment_reference(image.movedim(-1, 0).clamp(0, 1), int(rng.integers(2**31)))
+                sample.id_images.append(pad_to(aug.movedim(0, -1)[None], stage.width, stage.height))
+        elif task == "editing":
+            if item.reference_video:
+                ref = decode(item.reference_video)
+            else:  # another segment of the same clip
+                ref = torch.cat([video[start + n:], video[:start]], dim=0)
+                if ref.shape[0] == 0:
+                    raise SampleError("no frames outside the target window for a reference video")
+            want = usable_video_frames(min(n, ref.shape[0]))
+            s = shift_reference_video_start(ref.shape[0], want, int(rng.integers(2**31)))
+            frames = cover_crop(ref[s:s + want], stage.width, stage.height, None)
+            sample.reference_video = pad_to(frames, stage.width, stage.height)
+        return sample

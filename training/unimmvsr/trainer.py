@@ -1,0 +1,356 @@
+"""The UniMMVSR training loop (UniMMVSR §3.3–3.4; SPEC §1 "Training").
+
+Per optimizer step: the curriculum's stage gives the frame count, size and task mix; each slot of the global batch
+draws a sample (curriculum.sample_rng), its pixels are degraded and encoded (or read from the cache), and the loss
+is flow matching in the backbone's own convention — z_t = (1 − σ)·z_HR + σ·ε, target ε − z_HR (ComfyUI Wan predicts
+ε − x0) — with the LR condition noised in the model's latent space to t_aug ∈ [200, 600] by the sampler's own
+function and fed as the micro-condition, references as the sampler lays them out, and the null prompt 10% of the
+time. AdamW, bf16 autocast, gradient checkpointing, optional EMA, DDP or FSDP2; checkpoints resume exactly.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ...core.unimmvsr.augmentation import augmentation_noise, lr_condition
+from ...core.unimmvsr.forward import reference_tokens
+from . import distributed, manifest, state
+from .curriculum import slot_of, stage_at
+from .encoding import LatentEncoder, LatentSample, TextEncoder
+from .model import TrainModule, add_lora, export, load_for_training, training_state_dict
+from .samples import SampleBuilder, SampleError
+
+log = logging.getLogger("UniCascade.train")
+MAX_ATTEMPTS = 20   # redraws of a slot whose sample is bad before the run stops
+
+
+@dataclass
+class RunResult:
+    steps: int
+    final_checkpoint: str
+    losses: list = field(default_factory=list)            # (step, mean training loss)
+    validation: list = field(default_factory=list)        # (step, metrics)
+    skipped: dict = field(default_factory=dict)           # error message → count
+    parameter_digests: list = field(default_factory=list)  # per rank
+
+
+def data_sha256(items) -> str:
+    """Hash of every file the manifest names (videos, ID images, reference videos), in manifest order."""
+    h = hashlib.sha256()
+    for item in items:
+        for path in (item.video, *item.id_images, item.reference_video):
+            if path and os.path.isfile(path):
+                h.update(os.path.basename(path).encode())
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+    return h.hexdigest()
+
+
+def flow_matching_loss(module, latents: LatentSample, draw, process_in, timestep_of, id_start: int,
+                       video_start: int, device, autocast_dtype) -> torch.Tensor:
+    """MSE between the prediction and ε − z_HR at σ (the backbone's convention), one sample."""
+    z0 = process_in(latents.hr.to(device))
+    noise = augmentation_noise(z0.shape, draw.noise_seed).to(device)
+    aug_noise = augmentation_noise(z0.shape, draw.noise_seed + 1).to(device)
+    lr = lr_condition(latents.lr.to(device), process_in, draw.aug_t, aug_noise)
+    zt = (1.0 - draw.sigma) * z0 + draw.sigma * noise
+    refs = reference_tokens([(c, x.to(device)) for c, x in latents.references], z0.shape[2], id_start,
+                            video_start, process_in)
+    timestep = timestep_of(torch.tensor([draw.sigma], device=device))
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32):
+        pred = module(torch.cat([zt, lr], dim=1), timestep, latents.context.to(device),
+                      torch.tensor([draw.aug_t], device=device), refs)
+    return torch.nn.functional.mse_loss(pred.float(), (noise - z0).float())
+
+
+class Trainer:
+    """Python API: ``Trainer(cfg, vae=..., clip=...).run()``; the CLI (scripts/train_unimmvsr.py) loads the VAE and
+    text encoder from the config's paths. ``stop_after`` ends the run early (a checkpoint is written), for tests."""
+
+    def __init__(self, cfg, *, vae=None, clip=None, command: str = "", stop_after: int | None = None,
+                 device: str = "auto"):
+        self.cfg = cfg
+        self.vae = vae
+        self.clip = clip
+        self.command = command or " ".join(sys.argv)
+        self.stop_after = stop_after
+        self.device_choice = device
+
+    # -- set-up ---------------------------------------------------------------------------------------
+    def _load_components(self, dist, parent_is_t2v: bool):
+        import comfy.sd
+        import comfy.utils
+        cfg = self.cfg
+        if self.vae is None:
+            self.vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(cfg.path(cfg.model.vae), safe_load=True))
+        if self.clip is None and cfg.model.text_encoder:
+            self.clip = comfy.sd.load_clip([cfg.path(cfg.model.text_encoder)],
+                                           clip_type=getattr(comfy.sd.CLIPType, cfg.model.text_encoder_type.upper()))
+        self.text = TextEncoder(self.clip, cfg.path(cfg.data.cache_dir))
+        self.latents = LatentEncoder(self.vae, cfg.path(cfg.data.cache_dir))
+        sdedit = None
+        if cfg.degradation.sdedit_probability > 0:
+            from .sdedit import SDEditDegrader
+            base_path = cfg.path(cfg.degradation.sdedit_model or cfg.model.parent)
+            if not cfg.degradation.sdedit_model and not parent_is_t2v:
+                raise ValueError("[degradation] sdedit_model: the parent is a UniMMVSR checkpoint; name the T2V base "
+                                 "model SDEdit should use (or set sdedit_probability = 0)")
+            base = comfy.sd.load_diffusion_model(base_path)
+            sdedit = SDEditDegrader(base, self.vae, self.text, cfg.degradation.sdedit_steps, cfg.degradation.sdedit_cfg,
+                                    cfg.degradation.sdedit_sampler)
+        self.items = manifest.read(cfg.path(cfg.data.manifest))
+        self.builder = SampleBuilder(cfg, self.items, sdedit)
+        self.validation_items = manifest.read(cfg.path(cfg.data.validation_manifest)) \
+            if cfg.data.validation_manifest else []
+
+    def _draw_latents(self, stage_index, stage, step, slot, skipped):
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                draw = self.builder.draw(stage_index, stage, step, slot, attempt)
+                latents = None
+                if draw.cache_key is not None:
+                    latents = self.latents(None, draw.cache_key) if self._cached(draw.cache_key) else None
+                if latents is None:
+                    latents = self.latents(self.builder.pixels(draw, stage), draw.cache_key)
+                latents.context = self.text(draw.prompt)
+                return draw, latents
+            except SampleError as e:
+                message = str(e)
+                skipped[message] = skipped.get(message, 0) + 1
+                log.warning("skipping a sample (step %d, slot %d): %s", step, slot, message)
+        raise RuntimeError(f"{MAX_ATTEMPTS} samples in a row were bad at step {step}; last: {message}")
+
+    def _cached(self, key) -> bool:
+        from .encoding import _digest
+        return bool(self.latents.cache_dir) and os.path.isfile(
+            os.path.join(self.latents.cache_dir, _digest(*key) + ".safetensors"))
+
+    # -- the run --------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        cfg, tr = self.cfg, self.cfg.training
+        dist = distributed.setup(self.device_choice)
+        try:
+            return self._run(dist)
+        finally:
+            distributed.teardown(dist)
+
+    def _run(self, dist) -> RunResult:
+        cfg, tr = self.cfg, self.cfg.training
+        out_dir = cfg.path(tr.output_dir)
+        ckpt_dir = os.path.join(out_dir, "checkpoints")
+        torch.manual_seed(tr.seed)
+        patcher, meta, parent_name = load_for_training(cfg.path(cfg.model.parent), cfg.model, dist.device)
+        from safetensors import safe_open
+        with safe_open(cfg.path(cfg.model.parent), "pt") as f:
+            parent_is_t2v = not (f.metadata() or {}).get("unimmvsr_format")
+        self._load_components(dist, parent_is_t2v)
+        wan = patcher.model.diffusion_model
+        if tr.lora_rank > 0:
+            add_lora(wan, tr.lora_rank, tr.lora_alpha)
+        module = TrainModule(wan, tr.gradient_checkpointing).to(dist.device)
+        module.train()
+        process_in = patcher.model.process_latent_in
+        timestep_of = patcher.get_model_object("model_sampling").timestep
+        model = distributed.wrap(module, dist, tr.sharding)
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=tr.learning_rate, betas=tr.betas, weight_decay=tr.weight_decay)
+        ema = {n: p.detach().clone().float() for n, p in module.named_parameters() if p.requires_grad} \
+            if tr.ema_decay > 0 else None
+        per_step = tr.micro_batch * dist.world_size
+        if tr.batch_size % per_step:
+            raise ValueError(f"[training] batch_size {tr.batch_size} is not a multiple of micro_batch × ranks = {per_step}")
+        accumulation = tr.batch_size // per_step
+        result = RunResult(0, "")
+        start_step = 0
+        resume = state.latest(ckpt_dir)
+        if resume:
+            info = state.load(resume, module, optimizer, ema)
+            start_step = int(info["step"])
+            result.skipped = dict(info.get("skipped", {}))
+            if dist.main:
+                log.info("resumed from %s (step %d)", resume, start_step)
+        autocast = torch.bfloat16 if tr.mixed_precision == "bf16" else torch.float32
+        total = cfg.total_steps if self.stop_after is None else min(cfg.total_steps, self.stop_after)
+        writer, csv_file = self._loggers(out_dir, dist, start_step)
+        data_hash = data_sha256(self.items)
+        bar = None
+        if dist.main:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.total_steps, initial=start_step, desc="UniMMVSR", dynamic_ncols=True)
+        step = start_step
+        if self.validation_items and start_step == 0:
+            metrics = self._validate(patcher, module, dist, cfg.stages[0], process_in, timestep_of)
+            if metrics is not None:
+                result.validation.append((0, metrics))
+                if dist.main:
+                    self._log(writer, csv_file, 0, metrics)
+        try:
+            while step < total:
+                stage_index, stage = stage_at(cfg.stages, step)
+                t0 = time.perf_counter()
+                loss_sum = 0.0
+                for a in range(accumulation):
+                    for i in range(tr.micro_batch):
+                        slot = slot_of(a, dist.rank, i, tr.micro_batch, dist.world_size)
+                        draw, latents = self._draw_latents(stage_index, stage, step, slot, result.skipped)
+                        last = a == accumulation - 1 and i == tr.micro_batch - 1
+                        sync = getattr(model, "no_sync", None)
+                        ctx = sync() if (sync is not None and not last) else _null()
+                        with ctx:
+                            loss = flow_matching_loss(model, latents, draw, process_in, timestep_of,
+                                                      cfg.model.id_start, cfg.model.video_start, dist.device, autocast)
+                            (loss / (tr.micro_batch * accumulation)).backward()
+                        loss_sum += float(loss.detach())
+                if tr.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, tr.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    with torch.no_grad():
+                        for n, p in module.named_parameters():
+                            if n in ema:
+                                ema[n].lerp_(p.detach().float(), 1.0 - tr.ema_decay)
+                step += 1
+                mean_loss = distributed.all_sum(dist, loss_sum) / tr.batch_size
+                seconds = time.perf_counter() - t0
+                result.losses.append((step, mean_loss))
+                if dist.main:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", stage=stage.name, samples_s=f"{tr.batch_size / seconds:.2f}")
+                    if step % tr.log_every == 0:
+                        self._log(writer, csv_file, step, {"loss": mean_loss, "samples_per_s": tr.batch_size / seconds,
+                                                           "stage": stage_index})
+                info = {"skipped": result.skipped, "config": cfg.source, "data_sha256": data_hash}
+                if step % tr.save_every == 0 or step == total:
+                    state.save(ckpt_dir, step, module, optimizer, ema, info, dist.main)
+                    distributed.barrier(dist)
+                if self.validation_items and (step % tr.validate_every == 0 or step == total):
+                    metrics = self._validate(patcher, module, dist, stage, process_in, timestep_of)
+                    if metrics is not None:
+                        result.validation.append((step, metrics))
+                        if dist.main:
+                            self._log(writer, csv_file, step, metrics)
+        finally:
+            if bar is not None:
+                bar.close()
+            if writer is not None:
+                writer.close()
+        result.steps = step
+        result.parameter_digests = self._parameter_digests(module, dist, tr.sharding)
+        if dist.main:
+            with open(os.path.join(out_dir, "ranks.json"), "w", encoding="utf-8") as f:
+                json.dump({"world_size": dist.world_size, "sharding": tr.sharding,
+                           "parameter_sha256": result.parameter_digests}, f, indent=1)
+        extra = {"unimmvsr_train_command": self.command, "unimmvsr_train_data_sha256": data_hash,
+                 "unimmvsr_train_steps": str(step), "unimmvsr_train_config": os.path.basename(cfg.source),
+                 "unimmvsr_train_parent": parent_name}
+        final = os.path.join(out_dir, "unimmvsr.safetensors")
+        weights = training_state_dict(module, ema, dist.active and tr.sharding == "fsdp")
+        if dist.main:
+            scale = (tr.lora_alpha or tr.lora_rank) / tr.lora_rank if tr.lora_rank else 1.0
+            export(weights, meta, final, kind=tr.export, parent_path=cfg.path(cfg.model.parent), lora_scale=scale,
+                   extra_meta=extra)
+            if result.skipped:
+                log.warning("skipped samples: %s", json.dumps(result.skipped))
+        distributed.barrier(dist)
+        result.final_checkpoint = final
+        return result
+
+    def _validate(self, patcher, module, dist, stage, process_in, timestep_of):
+        """Held-out flow loss at fixed draws and PSNR/SSIM of sampled upscales (rank 0; others wait)."""
+        from .samples import Draw
+        from .validation import validate
+        if dist.active and self.cfg.training.sharding == "fsdp":
+            if dist.main:
+                log.warning("validation is skipped under FSDP (the guider runs on an unsharded model)")
+            return None
+        metrics = None
+        if dist.main:
+            samples = []
+            for n, item in enumerate(self.validation_items):
+                task = "editing" if "editing" in item.tasks and item.reference_video else \
+                    ("mi2v" if "mi2v" in item.tasks else "t2v")
+                try:
+                    samples.append(self.builder.build_validation(item, stage, task, seed=1000 + n))
+                except SampleError as e:
+                    log.warning("validation clip skipped: %s", e)
+            if samples:
+                module.eval()
+                losses = []
+                with torch.no_grad():
+                    for n, s in enumerate(samples):
+                        latents = self.latents(s)
+                        latents.context = self.text(s.prompt)
+                        for k, sigma in enumerate((0.2, 0.5, 0.8)):
+                            draw = Draw(s.item, s.task, 0, s.prompt, 400.0, sigma, 7919 * n + k, 0)
+                            losses.append(float(flow_matching_loss(
+                                module, latents, draw, process_in, timestep_of, self.cfg.model.id_start,
+                                self.cfg.model.video_start, dist.device, torch.float32)))
+                metrics = {"val_loss": sum(losses) / len(losses)}
+                metrics.update(validate(patcher, self.vae, samples, self.text,
+                                        steps=self.cfg.training.validation_steps))
+                module.train()
+                patcher.model.to(dist.device)  # ComfyUI's memory manager may have offloaded it
+        distributed.barrier(dist)
+        return metrics
+
+    @staticmethod
+    def _parameter_digests(module, dist, sharding) -> list[str]:
+        """SHA-256 of every rank's trained parameters (DDP keeps them identical; FSDP's are shards)."""
+        h = hashlib.sha256()
+        for name, p in sorted(module.named_parameters()):
+            if p.requires_grad:
+                local = p.to_local() if hasattr(p, "to_local") else p
+                h.update(name.encode())
+                h.update(local.detach().float().cpu().contiguous().numpy().tobytes())
+        digest = h.hexdigest()
+        if not dist.active:
+            return [digest]
+        out = [None] * dist.world_size
+        torch.distributed.all_gather_object(out, digest)
+        if sharding == "ddp" and len(set(out)) != 1:
+            raise RuntimeError(f"DDP ranks diverged: parameter digests {out}")
+        return out
+
+    # -- logs -----------------------------------------------------------------------------------------
+    def _loggers(self, out_dir, dist, start_step):
+        if not dist.main:
+            return None, None
+        os.makedirs(out_dir, exist_ok=True)
+        writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=start_step or None)
+        except ImportError:
+            log.warning("tensorboard is not installed: logging to CSV only (pip install -r requirements-train.txt)")
+        return writer, os.path.join(out_dir, "metrics.csv")
+
+    @staticmethod
+    def _log(writer, csv_path, step, values: dict):
+        if writer is not None:
+            for k, v in values.items():
+                writer.add_scalar(k, v, step)
+        new = not os.path.isfile(csv_path)
+        with open(csv_path, "a", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "name", "value"])
+            for k, v in values.items():
+                w.writerow([step, k, v])
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
