@@ -25,9 +25,11 @@ NODE_MODULES = [
     "model_loaders.llm",
     "nodes.pyramid_reflection",
     "model_loaders.unimmvsr",
+    "model_loaders.space_to_depth_vae",
     "nodes.unimmvsr_upsampler",
     "nodes.unimmvsr_references",
     "nodes.unimmvsr_guider",
+    "nodes.unimmvsr_start_from_lr",
 ]
 
 

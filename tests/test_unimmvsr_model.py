@@ -228,3 +228,18 @@ def test_wan22_16x_vae_tiles_with_references(pack, tmp_path):
         guider_for(pack, model, LRCondition(torch.zeros(1, 16, 2, 4, 4), 600.0), refs)
     with pytest.raises(ValueError, match="multiple of this VAE's 16"):
         guider_for(pack, model, lr, refs, tile=(72, 72))
+
+
+def test_start_from_lr_gives_the_lr_latent_in_the_models_space(pack, unimmvsr):
+    """The NOISE of "UniMMVSR Start From LR" (for upscalers trained with noise = "lr"): the LR latent normalised by
+    the latent format's own constants; a latent of another size is refused."""
+    import comfy.latent_formats
+    node = pack("nodes.unimmvsr_start_from_lr").UniMMVSRStartFromLR
+    LRCondition = pack("nodes.unimmvsr_upsampler").LRCondition
+    raw = torch.randn(1, 16, 2, 6, 8, generator=torch.Generator().manual_seed(7)) * 3 + 1
+    noise = node.execute(unimmvsr, LRCondition(raw, 0.0)).result[0]
+    fmt = comfy.latent_formats.Wan21()
+    got = noise.generate_noise({"samples": torch.zeros_like(raw)})
+    assert torch.allclose(got, (raw - fmt.latents_mean) * fmt.scale_factor / fmt.latents_std, atol=1e-6)
+    with pytest.raises(ValueError, match="sample the Upsampler's hr_latent"):
+        noise.generate_noise({"samples": torch.zeros(1, 16, 2, 6, 6)})

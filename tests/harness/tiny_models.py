@@ -168,8 +168,13 @@ def write_fixture_models(models_dir: str) -> dict[str, str]:
     return paths
 
 
+DEMO_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "demo",
+                               "unimmvsr_demo_s2d.safetensors")
+
+
 def write_unimmvsr_fixtures(models_dir: str, t2v_path: str, wan22_path: str) -> None:
-    """UniMMVSR checkpoints made from the tiny T2V parent the way users make theirs (scripts/unimmvsr_init.py)."""
+    """UniMMVSR checkpoints made from the tiny T2V parent the way users make theirs (scripts/unimmvsr_init.py), and
+    the committed trained demo checkpoint (demo/), which its shipped workflow names."""
     import shutil
 
     from safetensors.torch import load_file
@@ -179,6 +184,8 @@ def write_unimmvsr_fixtures(models_dir: str, t2v_path: str, wan22_path: str) -> 
 
     folder = os.path.join(models_dir, "unimmvsr")
     os.makedirs(folder, exist_ok=True)
+    if os.path.exists(DEMO_CHECKPOINT):
+        shutil.copy(DEMO_CHECKPOINT, os.path.join(folder, os.path.basename(DEMO_CHECKPOINT)))
     full_path = os.path.join(folder, UNIMMVSR)
     if os.path.exists(full_path):
         return
@@ -219,7 +226,8 @@ EXAMPLE_VIDEO = "unicascade_example.mp4"
 
 
 def write_example_inputs(input_dir: str) -> None:
-    """The input files the shared workflows name: a synthetic 320×192 image and a 9-frame 160×96 video."""
+    """The input files the shared workflows name: a synthetic 320×192 image, a 9-frame 160×96 video, and the trained
+    UniMMVSR demo's 64×64 crop inputs (animated PNGs of real carphone frames, as scripts/demo_unimmvsr.py writes)."""
     import av
     import numpy as np
     from PIL import Image
@@ -237,3 +245,16 @@ def write_example_inputs(input_dir: str) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    write_demo_inputs(input_dir)
+
+
+def write_demo_inputs(input_dir: str) -> None:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                    "scripts"))
+    try:
+        import demo_unimmvsr
+    finally:
+        sys.path.pop(0)
+    crop = demo_unimmvsr.eval_crops(max_crops=1)[0]
+    for key, name in demo_unimmvsr.INPUT_NAMES.items():
+        demo_unimmvsr.save_frames(crop[key], os.path.join(input_dir, name))

@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ModelConfig:
     parent: str                          # Wan T2V diffusion model (.safetensors), or a UniMMVSR checkpoint to go on from
-    vae: str                             # the backbone's VAE (.safetensors), loaded by ComfyUI's VAE class
+    vae: str                             # the backbone's VAE (.safetensors, ComfyUI's VAE class), or "space_to_depth:F"
     text_encoder: str = ""               # umt5 (.safetensors) for ComfyUI's CLIP loader; or "" with a text cache
     text_encoder_type: str = "wan"       # ComfyUI CLIPType name
     id_start: int = 20                   # RoPE starts of ID images / reference videos (§3.2, A.5.7)
@@ -37,8 +37,15 @@ class DataConfig:
     validation_manifest: str = ""        # held-out clips for validation ("" = no validation)
     scale: int = 4                       # LR = HR / scale (the base model's resolution)
     cache_dir: str = ""                  # latents + text embeddings as safetensors shards ("" = on the fly)
+    text_cache_dir: str = ""             # text embeddings only (when the latents are made on the fly)
     cache_variants: int = 1              # distinct degradation/augmentation draws kept per clip in the cache
     max_id_images: int = 2               # ID images per MI2V sample (each its own RoPE frame)
+    reference_gap: tuple = ()            # frames between the target window and a reference taken from the same
+                                         # clip: [min, max] (empty: anywhere outside the window)
+    reference_augmentation: bool = True  # Table 3 on ID images (the paper); off keeps them pixel-aligned
+    crop_rescale: tuple = ()             # [lo, hi]: scale each clip by a random factor first (multi-scale crops)
+    crop: str = "native"                 # native: random crops of the clip's own pixels (scaled up only if smaller);
+                                         # cover: the whole frame scaled to cover the stage size, then cropped
 
 
 @dataclass(frozen=True)
@@ -70,10 +77,17 @@ class TrainingSettings:
     text_dropout: float = 0.1            # null prompt 10% of the time (§3.4)
     aug_t_range: tuple[int, int] = (200, 600)  # augmentation timestep, uniform (§3.2)
     sigma_shift: float = 1.0             # training σ ~ U(0, 1) through the flow shift (1.0 = uniform)
+    sigma_values: tuple = ()             # σ drawn from these instead (a few-step schedule; [1.0] = one step)
+    noise: str = "gaussian"              # what σ = 1 is: gaussian (the paper), zero (a regressor of the HR latent),
+                                         # or lr — the clean LR latent, so the flow runs LR → HR and predicts the
+                                         # residual (sampled from the LR with the "UniMMVSR Start From LR" node)
     sharding: str = "ddp"                # ddp | fsdp (FSDP2 fully_shard per block, for 14B)
     save_every: int = 500
     validate_every: int = 500
-    validation_steps: int = 8            # sampler steps of a validation run
+    validation_steps: int = 8            # sampler steps of a validation run (sigma_values, when set, instead)
+    validation_text_scale: float = 3.0   # s_txt of validation sampling (paper 3.0)
+    validation_reference_scale: float = 1.0  # s_ref of validation sampling (paper 1.0)
+    validation_aug_t: float = 600.0      # t_aug of validation sampling (paper: 600 with references, 200 fidelity)
     log_every: int = 1
     export: str = "full"                 # full | delta (over the parent) — the loader reads both
 
@@ -114,7 +128,11 @@ def _build(cls, table: dict, where: str):
     kwargs = {}
     for key, value in table.items():
         default = names[key].default
-        if isinstance(default, tuple):
+        if default == ():
+            if not isinstance(value, list) or not all(isinstance(v, (int, float)) for v in value):
+                raise ConfigError(f"[{where}] {key}: expected a list of numbers, got {value!r}")
+            value = tuple(float(v) for v in value)
+        elif isinstance(default, tuple):
             if not isinstance(value, list) or len(value) != len(default):
                 raise ConfigError(f"[{where}] {key}: expected a list of {len(default)} values, got {value!r}")
             value = tuple(value)
@@ -174,6 +192,12 @@ def parse(data: dict, source: str = "", base_dir: str = "") -> TrainConfig:
     _check(0 <= tr.text_dropout < 1, "[training] text_dropout must be in [0, 1)")
     _check(0 <= tr.aug_t_range[0] <= tr.aug_t_range[1] <= 1000, "[training] aug_t_range must lie in [0, 1000]")
     _check(0 <= tr.ema_decay < 1, "[training] ema_decay must be in [0, 1)")
+    _check(all(0 < v <= 1 for v in tr.sigma_values), "[training] sigma_values must lie in (0, 1]")
+    _check(dat.crop in ("native", "cover"), "[data] crop: native or cover")
+    _check(tr.noise in ("gaussian", "zero", "lr"), "[training] noise: gaussian, zero or lr")
+    _check(len(dat.crop_rescale) in (0, 2) and all(0 < v for v in dat.crop_rescale), "[data] crop_rescale: [] or [lo, hi] > 0")
+    _check(len(dat.reference_gap) in (0, 2) and (not dat.reference_gap or 1 <= dat.reference_gap[0] <= dat.reference_gap[1]),
+           "[data] reference_gap: [] or [min, max] frames with 1 ≤ min ≤ max")
     _check(tr.micro_batch >= 1 and tr.batch_size >= tr.micro_batch, "[training] need batch_size ≥ micro_batch ≥ 1")
     return TrainConfig(model, dat, deg, tr, tuple(stages), source, base_dir)
 

@@ -5,8 +5,9 @@ window downsampled to the base model's size and degraded by SDEdit with the T2V 
 in [K1, K2], when a degrader is given and with the configured probability), then by the synthetic degradations
 (which do the downsampling themselves when SDEdit did not), and upsampled back bilinearly as the Upsampler node
 does. References by task: MI2V — 1…max ID images (the
-manifest's, or frames of the clip outside the target window, as the paper extracts them), each augmented as in
-Table 3; editing — a reference video (the manifest's, or another segment of the clip) from a random start frame.
+manifest's, or frames of the clip outside the target window at the target's crop, as the paper extracts them),
+each augmented as in Table 3; editing — a reference video (the manifest's, or another segment of the clip at the
+target's crop) from a random start frame.
 References are padded in pixel space to the HR size as the References node pads them. Bad items raise
 ``SampleError`` naming the item; the trainer skips, counts and reports them.
 """
@@ -85,19 +86,34 @@ def load_image(path: str) -> torch.Tensor:
         raise SampleError(f"{path}: could not decode ({e})") from None
 
 
-def cover_crop(frames: torch.Tensor, width: int, height: int, rng: np.random.Generator | None) -> torch.Tensor:
-    """[T, h, w, 3] uint8/float → [T, height, width, 3] float: scaled (area) to cover the box, then a crop
-    (random when ``rng`` is given, else centred)."""
+def crop_box(height: int, width: int, out_w: int, out_h: int, mode: str, rng: np.random.Generator | None,
+             rescale: tuple = ()):
+    """(scale, top, left) of a crop of out_w×out_h from frames of width×height: ``native`` keeps the clip's own
+    pixels (scaled up only when smaller), ``cover`` scales the whole frame to cover the box; ``rescale`` (lo, hi)
+    first scales the clip by a factor drawn in [lo, hi] (multi-scale crops: denser content per crop), never below
+    covering the box. The crop is random when ``rng`` is given, else centred."""
+    cover = max(out_w / width, out_h / height)
+    scale = cover
+    if mode == "native":
+        scale = max(1.0, cover)
+    if rescale and rng is not None:
+        scale = max(cover, float(rng.uniform(rescale[0], rescale[1])))
+    nh, nw = max(out_h, round(height * scale)), max(out_w, round(width * scale))
+    top = int(rng.integers(0, nh - out_h + 1)) if rng is not None else (nh - out_h) // 2
+    left = int(rng.integers(0, nw - out_w + 1)) if rng is not None else (nw - out_w) // 2
+    return scale, top, left
+
+
+def apply_crop(frames: torch.Tensor, box, width: int, height: int) -> torch.Tensor:
+    """[T, h, w, 3] uint8/float → [T, height, width, 3] float in [0, 1] cut by ``crop_box``'s box."""
+    scale, top, left = box
     t, h, w, _ = frames.shape
-    scale = max(width / w, height / h)
     nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
     x = frames.float().div(255.0) if frames.dtype == torch.uint8 else frames.float()
     x = x.movedim(-1, 1)
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="area" if scale < 1 else "bicubic",
                           **({} if scale < 1 else {"align_corners": False})).clamp(0, 1)
-    top = int(rng.integers(0, nh - height + 1)) if rng is not None else (nh - height) // 2
-    left = int(rng.integers(0, nw - width + 1)) if rng is not None else (nw - width) // 2
     return x[:, :, top:top + height, left:left + width].movedim(1, -1).contiguous()
 
 
@@ -140,6 +156,8 @@ class SampleBuilder:
         aug_t = float(rng.uniform(lo, hi))
         u, shift = float(rng.random()), cfg.training.sigma_shift
         sigma = shift * u / (1 + (shift - 1) * u)
+        if cfg.training.sigma_values:
+            sigma = float(cfg.training.sigma_values[int(rng.integers(len(cfg.training.sigma_values)))])
         return Draw(item, task, stage_index, prompt, aug_t, sigma, int(rng.integers(2**31)), content_seed, key)
 
     def pixels(self, draw: Draw, stage) -> PixelSample:
@@ -155,6 +173,26 @@ class SampleBuilder:
         except SampleError as e:
             raise SampleError(f"{item.label}: {e}") from None
 
+    def _outside(self, length: int, start: int, n: int, span: int) -> list[int]:
+        """Starts of ``span``-frame segments of the clip that do not overlap the target window [start, start + n),
+        within ``[data] reference_gap`` frames of it when set (else anywhere)."""
+        gap_range = self.cfg.data.reference_gap
+        out = []
+        for s in range(0, length - span + 1):
+            if s + span <= start:
+                gap = start - (s + span - 1)
+            elif s >= start + n:
+                gap = s - (start + n - 1)
+            else:
+                continue
+            if not gap_range or gap_range[0] <= gap <= gap_range[1]:
+                out.append(s)
+        return out or ([] if not gap_range else self._outside_any(length, start, n, span))
+
+    @staticmethod
+    def _outside_any(length: int, start: int, n: int, span: int) -> list[int]:
+        return [s for s in range(0, length - span + 1) if s + span <= start or s >= start + n]
+
     def _build(self, item: Item, task: str, stage, rng: np.random.Generator, centred: bool = False) -> PixelSample:
         from .degradation import degrade
         from .reference_augmentation import augment_reference, shift_reference_video_start
@@ -165,7 +203,9 @@ class SampleBuilder:
         if video.shape[0] < n:
             raise SampleError(f"too short: {video.shape[0]} frames, the stage needs {n}")
         start = 0 if centred else int(rng.integers(0, video.shape[0] - n + 1))
-        hr = cover_crop(video[start:start + n], stage.width, stage.height, None if centred else rng)
+        box = crop_box(video.shape[1], video.shape[2], stage.width, stage.height, cfg.data.crop,
+                       None if centred else rng, cfg.data.crop_rescale)
+        hr = apply_crop(video[start:start + n], box, stage.width, stage.height)
         record = {"start": start}
         deg = cfg.degradation
         lr, factor = hr, scale          # what is left to downsample by the synthetic resize
@@ -187,22 +227,30 @@ class SampleBuilder:
                 picks = [item.id_images[int(i)] for i in rng.choice(len(item.id_images), size=count)]
                 images = [load_image(p) for p in picks]
             else:
-                outside = [i for i in range(video.shape[0]) if not start <= i < start + n]
+                outside = self._outside(video.shape[0], start, n, 1)
                 if not outside:
                     raise SampleError("no frame outside the target window to take an ID image from")
-                images = [video[int(outside[int(rng.integers(len(outside)))])].float() / 255.0 for _ in range(count)]
+                picks = [int(outside[int(rng.integers(len(outside)))]) for _ in range(count)]
+                images = [apply_crop(video[i:i + 1], box, stage.width, stage.height)[0] for i in picks]
             for image in images:
-                aug, _ = augment_reference(image.movedim(-1, 0).clamp(0, 1), int(rng.integers(2**31)))
-                sample.id_images.append(pad_to(aug.movedim(0, -1)[None], stage.width, stage.height))
+                seed = int(rng.integers(2**31))
+                if cfg.data.reference_augmentation:
+                    image = augment_reference(image.movedim(-1, 0).clamp(0, 1), seed)[0].movedim(0, -1)
+                sample.id_images.append(pad_to(image[None], stage.width, stage.height))
         elif task == "editing":
             if item.reference_video:
                 ref = decode(item.reference_video)
-            else:  # another segment of the same clip
-                ref = torch.cat([video[start + n:], video[:start]], dim=0)
-                if ref.shape[0] == 0:
+                ref_box = crop_box(ref.shape[1], ref.shape[2], stage.width, stage.height, "cover", None)
+            else:  # another segment of the same clip, the same crop
+                ref, ref_box = video, box
+                starts = self._outside(video.shape[0], start, n, n)
+                if not starts:
                     raise SampleError("no frames outside the target window for a reference video")
             want = usable_video_frames(min(n, ref.shape[0]))
-            s = shift_reference_video_start(ref.shape[0], want, int(rng.integers(2**31)))
-            frames = cover_crop(ref[s:s + want], stage.width, stage.height, None)
+            if item.reference_video:
+                s = shift_reference_video_start(ref.shape[0], want, int(rng.integers(2**31)))
+            else:  # a random start among the segments outside the window (the start-frame shift)
+                s = starts[shift_reference_video_start(len(starts), 1, int(rng.integers(2**31)))]
+            frames = apply_crop(ref[s:s + want], ref_box, stage.width, stage.height)
             sample.reference_video = pad_to(frames, stage.width, stage.height)
         return sample

@@ -42,6 +42,20 @@ class RunResult:
     parameter_digests: list = field(default_factory=list)  # per rank
 
 
+def load_vae(spec: str, resolve):
+    """``space_to_depth:F`` (the lossless demo autoencoder) or a VAE file ComfyUI's VAE class loads."""
+    if spec.startswith("space_to_depth"):
+        from ...core.autoencoders.space_to_depth import SpaceToDepthVAE
+        _, _, factor = spec.partition(":")
+        return SpaceToDepthVAE(int(factor or 4))
+    import comfy.sd
+    import comfy.utils
+    path = resolve(spec)
+    if not os.path.isfile(path):
+        raise ValueError(f"[model] vae {path}: no such file")
+    return comfy.sd.VAE(sd=comfy.utils.load_torch_file(path, safe_load=True))
+
+
 def data_sha256(items) -> str:
     """Hash of every file the manifest names (videos, ID images, reference videos), in manifest order."""
     h = hashlib.sha256()
@@ -56,20 +70,28 @@ def data_sha256(items) -> str:
 
 
 def flow_matching_loss(module, latents: LatentSample, draw, process_in, timestep_of, id_start: int,
-                       video_start: int, device, autocast_dtype) -> torch.Tensor:
-    """MSE between the prediction and ε − z_HR at σ (the backbone's convention), one sample."""
+                       video_start: int, device, autocast_dtype, noise: str = "gaussian") -> torch.Tensor:
+    """MSE between the prediction and ε − z_HR at σ (the backbone's convention), one sample. ``noise`` says what ε
+    is: gaussian (the paper); zero (at σ = 1 the model regresses −z_HR from the conditions alone); lr — the clean LR
+    latent, so z_1 is the LR video and the target ε − z_HR the residual it lacks."""
     z0 = process_in(latents.hr.to(device))
-    noise = augmentation_noise(z0.shape, draw.noise_seed).to(device)
+    if noise == "lr":
+        eps = process_in(latents.lr.to(device))
+    else:
+        eps = augmentation_noise(z0.shape, draw.noise_seed).to(device)
+        if noise == "zero":
+            eps = torch.zeros_like(eps)
+    noise_tensor = eps
     aug_noise = augmentation_noise(z0.shape, draw.noise_seed + 1).to(device)
     lr = lr_condition(latents.lr.to(device), process_in, draw.aug_t, aug_noise)
-    zt = (1.0 - draw.sigma) * z0 + draw.sigma * noise
+    zt = (1.0 - draw.sigma) * z0 + draw.sigma * noise_tensor
     refs = reference_tokens([(c, x.to(device)) for c, x in latents.references], z0.shape[2], id_start,
                             video_start, process_in)
     timestep = timestep_of(torch.tensor([draw.sigma], device=device))
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32):
         pred = module(torch.cat([zt, lr], dim=1), timestep, latents.context.to(device),
                       torch.tensor([draw.aug_t], device=device), refs)
-    return torch.nn.functional.mse_loss(pred.float(), (noise - z0).float())
+    return torch.nn.functional.mse_loss(pred.float(), (noise_tensor - z0).float())
 
 
 class Trainer:
@@ -91,11 +113,11 @@ class Trainer:
         import comfy.utils
         cfg = self.cfg
         if self.vae is None:
-            self.vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(cfg.path(cfg.model.vae), safe_load=True))
+            self.vae = load_vae(cfg.model.vae, cfg.path)
         if self.clip is None and cfg.model.text_encoder:
             self.clip = comfy.sd.load_clip([cfg.path(cfg.model.text_encoder)],
                                            clip_type=getattr(comfy.sd.CLIPType, cfg.model.text_encoder_type.upper()))
-        self.text = TextEncoder(self.clip, cfg.path(cfg.data.cache_dir))
+        self.text = TextEncoder(self.clip, cfg.path(cfg.data.text_cache_dir or cfg.data.cache_dir))
         self.latents = LatentEncoder(self.vae, cfg.path(cfg.data.cache_dir))
         sdedit = None
         if cfg.degradation.sdedit_probability > 0:
@@ -207,7 +229,8 @@ class Trainer:
                         ctx = sync() if (sync is not None and not last) else _null()
                         with ctx:
                             loss = flow_matching_loss(model, latents, draw, process_in, timestep_of,
-                                                      cfg.model.id_start, cfg.model.video_start, dist.device, autocast)
+                                                      cfg.model.id_start, cfg.model.video_start, dist.device, autocast,
+                                                      tr.noise)
                             (loss / (tr.micro_batch * accumulation)).backward()
                         loss_sum += float(loss.detach())
                 if tr.grad_clip > 0:
@@ -290,14 +313,17 @@ class Trainer:
                     for n, s in enumerate(samples):
                         latents = self.latents(s)
                         latents.context = self.text(s.prompt)
-                        for k, sigma in enumerate((0.2, 0.5, 0.8)):
+                        for k, sigma in enumerate(self.cfg.training.sigma_values or (0.2, 0.5, 0.8)):
                             draw = Draw(s.item, s.task, 0, s.prompt, 400.0, sigma, 7919 * n + k, 0)
                             losses.append(float(flow_matching_loss(
                                 module, latents, draw, process_in, timestep_of, self.cfg.model.id_start,
-                                self.cfg.model.video_start, dist.device, torch.float32)))
+                                self.cfg.model.video_start, dist.device, torch.float32, self.cfg.training.noise)))
                 metrics = {"val_loss": sum(losses) / len(losses)}
-                metrics.update(validate(patcher, self.vae, samples, self.text,
-                                        steps=self.cfg.training.validation_steps))
+                tr = self.cfg.training
+                sigmas = list(tr.sigma_values) + [0.0] if tr.sigma_values else None
+                metrics.update(validate(patcher, self.vae, samples, self.text, steps=tr.validation_steps, sigmas=sigmas,
+                                        noise=tr.noise, text_scale=tr.validation_text_scale,
+                                        reference_scale=tr.validation_reference_scale, aug_t=tr.validation_aug_t))
                 module.train()
                 patcher.model.to(dist.device)  # ComfyUI's memory manager may have offloaded it
         distributed.barrier(dist)

@@ -1,0 +1,1 @@
+"""Autoencoders the pack provides itself (pure PyTorch)."""

