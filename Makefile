@@ -14,6 +14,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/tma_overhead.py
+	$(PY) benchmarks/attention_kernels.py
 
 clean:
 	rm -rf .venv .build demo_output test-artifacts .pytest_cache

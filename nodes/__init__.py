@@ -18,6 +18,7 @@ NODE_MODULES = [
     "nodes.tma_boost",
     "nodes.taca_boost",
     "nodes.tma_schedule_preview",
+    "nodes.attention_backend",
     "model_loaders.depth_anything",
     "nodes.depth_estimator",
     "nodes.mfm_condition",

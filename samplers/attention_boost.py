@@ -11,6 +11,8 @@ How it reaches the logits, through patch points Wan and Flux honour (SPEC §5), 
 3. ``optimized_attention_override`` scales the logits of tagged calls (core.attention.logit_scaling) and then
    calls the override that was there before (another pack's sage/flash patch, say), or the host's attention.
    Applying the boost again replaces the earlier boost and keeps whatever other overrides were added since.
+   When the next function in the chain is the pack's fused attention (UniCascade Attention node), α goes to it as
+   a logit scale instead (its group table multiplies the logits inside the kernel).
 4. If a model call sets α ≠ 1 but no tagged attention call was scaled (another override that does not chain
    replaced ours), the call fails with an error instead of silently doing nothing.
 """
@@ -31,6 +33,10 @@ STATE_KEY = "unicascade_attention_boost_state"        # per model call: the boos
 CROSS_TAG_KEY = "unicascade_cross_attention_call"      # per Wan cross-attention module call
 TRACE_ENV = "UNICASCADE_TRACE_FILE"                    # JSON lines of every model call's boost (debugging, tests)
 OURS = "_unicascade_boost_previous"                    # attribute marking our override / forward patches
+# An attention function (or override) carrying this attribute multiplies the logits by the keyword LOGIT_SCALE_KW
+# itself (the fused kernels of samplers/attention_backends.py, in their group table); others get scaled keys.
+LOGIT_SCALE_AWARE = "_unicascade_accepts_logit_scale"
+LOGIT_SCALE_KW = "unicascade_logit_scale"
 
 PROGRESS_SOURCES = ("global (from sigma)", "sampler steps")
 
@@ -172,6 +178,9 @@ def apply_attention_boost(model, family: str, schedule: BoostSchedule):
                 return call_next(func, *args, **kwargs)
             alpha = boost.image if call.is_image_call(args[1].shape[1]) else boost.text
             boost.applied += 1
+            target = previous if previous is not None else func
+            if alpha != 1.0 and getattr(target, LOGIT_SCALE_AWARE, False):
+                return call_next(func, *args, **{**kwargs, LOGIT_SCALE_KW: alpha})
 
             def run(q, k, v, *rest, **kw):
                 return call_next(func, q, k, v, *rest, **kw)

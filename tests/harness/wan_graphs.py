@@ -12,14 +12,17 @@ def wan_t2v_graph(prefix: str, *, unet: str = WAN21_T2V, tma: dict | None = None
                   sampler: str = "euler", scheduler: str = "simple", sampler_node: str = "KSampler",
                   split_at: int | None = None, positive: str = "a red cat runs across a green field",
                   negative: str = "blurry", save_images: bool = False, denoise: float = 1.0,
-                  separate_branches: bool = False) -> dict:
-    """Loader → (TMA) → sampler → SaveLatent. ``sampler_node``: KSampler | SamplerCustomAdvanced.
+                  separate_branches: bool = False, attention: str | None = None) -> dict:
+    """Loader → (TMA) → (UniCascade Attention, backend ``attention``) → sampler → SaveLatent.
+    ``sampler_node``: KSampler | SamplerCustomAdvanced.
     ``split_at``: run the schedule in two SamplerCustomAdvanced calls split at that step (SplitSigmas)."""
     g = Graph()
     model = g.node("UNETLoader", unet_name=unet, weight_dtype="default")
     model = g.node("ModelSamplingSD3", model=model[0], shift=8.0)
     if tma is not None:
         model = g.node("UniCascadeTemperatureModalityAlignment", model=model[0], **tma)
+    if attention is not None:
+        model = g.node("UniCascadeAttentionBackend", model=model[0], backend=attention)
     clip = g.node(TEXT_ENCODER_LOADER, clip_name=UMT5)
     pos = g.node("CLIPTextEncode", clip=clip[0], text=positive)
     if separate_branches:  # text lengths ComfyUI cannot pad together: the negative gets its own model call
