@@ -67,12 +67,18 @@ class LatentEncoder:
         with torch.no_grad():
             return self.vae.encode(frames[..., :3]).float().cpu()
 
+    def _path(self, cache_key: tuple | None) -> str:
+        return os.path.join(self.cache_dir, _digest(*cache_key) + ".safetensors") \
+            if self.cache_dir and cache_key is not None else ""
+
+    def cached(self, cache_key: tuple | None) -> LatentSample | None:
+        """The cached latents of a draw, or None (no cache, or not encoded yet)."""
+        path = self._path(cache_key)
+        return self._read(path) if path and os.path.isfile(path) else None
+
     def __call__(self, sample, cache_key: tuple | None = None) -> LatentSample:
-        path = ""
-        if self.cache_dir and cache_key is not None:
-            path = os.path.join(self.cache_dir, _digest(*cache_key) + ".safetensors")
-            if os.path.isfile(path):
-                return self._read(path)
+        """Encodes ``sample`` (and writes it to the cache under ``cache_key``)."""
+        path = self._path(cache_key)
         out = LatentSample(self.encode(sample.hr), self.encode(sample.lr_up))
         out.references = [(ID_IMAGE, self.encode(img)) for img in sample.id_images]
         if sample.reference_video is not None:

@@ -175,23 +175,12 @@ class SampleBuilder:
 
     def _outside(self, length: int, start: int, n: int, span: int) -> list[int]:
         """Starts of ``span``-frame segments of the clip that do not overlap the target window [start, start + n),
-        within ``[data] reference_gap`` frames of it when set (else anywhere)."""
-        gap_range = self.cfg.data.reference_gap
-        out = []
-        for s in range(0, length - span + 1):
-            if s + span <= start:
-                gap = start - (s + span - 1)
-            elif s >= start + n:
-                gap = s - (start + n - 1)
-            else:
-                continue
-            if not gap_range or gap_range[0] <= gap <= gap_range[1]:
-                out.append(s)
-        return out or ([] if not gap_range else self._outside_any(length, start, n, span))
-
-    @staticmethod
-    def _outside_any(length: int, start: int, n: int, span: int) -> list[int]:
-        return [s for s in range(0, length - span + 1) if s + span <= start or s >= start + n]
+        within ``[data] reference_gap`` frames of it when set (all of them when none is that near)."""
+        gaps = {s: (start - (s + span - 1)) if s + span <= start else s - (start + n - 1)
+                for s in range(0, length - span + 1) if s + span <= start or s >= start + n}
+        lo, hi = self.cfg.data.reference_gap or (1, length)
+        near = [s for s, gap in gaps.items() if lo <= gap <= hi]
+        return near or list(gaps)
 
     def _build(self, item: Item, task: str, stage, rng: np.random.Generator, centred: bool = False) -> PixelSample:
         from .degradation import degrade

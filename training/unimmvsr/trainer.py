@@ -138,9 +138,7 @@ class Trainer:
         for attempt in range(MAX_ATTEMPTS):
             try:
                 draw = self.builder.draw(stage_index, stage, step, slot, attempt)
-                latents = None
-                if draw.cache_key is not None:
-                    latents = self.latents(None, draw.cache_key) if self._cached(draw.cache_key) else None
+                latents = self.latents.cached(draw.cache_key)
                 if latents is None:
                     latents = self.latents(self.builder.pixels(draw, stage), draw.cache_key)
                 latents.context = self.text(draw.prompt)
@@ -151,14 +149,8 @@ class Trainer:
                 log.warning("skipping a sample (step %d, slot %d): %s", step, slot, message)
         raise RuntimeError(f"{MAX_ATTEMPTS} samples in a row were bad at step {step}; last: {message}")
 
-    def _cached(self, key) -> bool:
-        from .encoding import _digest
-        return bool(self.latents.cache_dir) and os.path.isfile(
-            os.path.join(self.latents.cache_dir, _digest(*key) + ".safetensors"))
-
     # -- the run --------------------------------------------------------------------------------------
     def run(self) -> RunResult:
-        cfg, tr = self.cfg, self.cfg.training
         dist = distributed.setup(self.device_choice)
         try:
             return self._run(dist)
