@@ -36,6 +36,7 @@ def test_the_papers_curriculum_parses(config_module):
     ({"stages": [{"name": "a", "steps": 1, "frames": 5, "width": 80, "height": 64}]}, "multiple of 16·scale"),
     ({"training": {"aug_t_range": [100, 1200]}}, "aug_t_range"),
     ({"training": {"sharding": "zero3"}}, "sharding: ddp or fsdp"),
+    ({"training": {"lr_schedule": "step"}}, "lr_schedule: constant or cosine"),
 ])
 def test_bad_configs_name_the_key(config_module, change, message):
     data = {"model": {"parent": "p", "vae": "v"}, "data": {"manifest": "m"},
@@ -43,6 +44,20 @@ def test_bad_configs_name_the_key(config_module, change, message):
     data.update(change)
     with pytest.raises(config_module.ConfigError, match=re.escape(message)):
         config_module.parse(data)
+
+
+def test_learning_rate_schedule_warms_up_then_follows_half_a_cosine(pack):
+    rate = pack("training.unimmvsr.schedule").learning_rate_at
+    peak, total, warm, floor = 2e-3, 120, 20, 0.05
+    got = [rate(s, total, peak, "cosine", warm, floor) for s in range(total)]
+    for s in range(warm):
+        assert got[s] == pytest.approx(peak * (s + 1) / warm)
+    for s in range(warm, total):  # independent: cos from 0 at the first decayed step to π at the last
+        angle = math.pi * (s - warm) / (total - 1 - warm)
+        assert got[s] == pytest.approx(peak * floor + peak * (1 - floor) * (1 + math.cos(angle)) / 2)
+    assert got[warm] == pytest.approx(peak) and got[-1] == pytest.approx(peak * floor)
+    assert all(a >= b for a, b in zip(got[warm:], got[warm + 1:]))
+    assert [rate(s, total, peak) for s in (0, 60, 119)] == [peak] * 3
 
 
 def test_task_and_stage_frequencies_follow_the_config(pack, config_module):

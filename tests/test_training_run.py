@@ -107,7 +107,8 @@ def test_cli_run_losses_fall_and_the_checkpoint_runs_the_shipped_cascade(workspa
 
 def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(workspace):
     root, config = workspace
-    sets = ["--set", "training.ema_decay=0.9", "--set", 'data.validation_manifest=""']
+    sets = ["--set", "training.ema_decay=0.9", "--set", 'data.validation_manifest=""',
+            "--set", 'training.lr_schedule="cosine"', "--set", "training.warmup_steps=2"]
     cli(config, "--set", 'training.output_dir="whole"', *sets)
     cli(config, "--set", 'training.output_dir="resumed"', "--stop-after", "5", *sets)
     assert sorted(os.listdir(os.path.join(root, "resumed", "checkpoints"))) == ["step_00000004", "step_00000005"]

@@ -66,6 +66,9 @@ class TrainingSettings:
     batch_size: int = 32                 # global batch (paper 32) = micro_batch × ranks × accumulation
     micro_batch: int = 1                 # samples per rank per forward
     learning_rate: float = 1e-4          # AdamW (paper)
+    lr_schedule: str = "constant"        # constant (paper) | cosine (to final_lr_ratio · learning_rate at the end)
+    warmup_steps: int = 0                # linear warm-up steps before the schedule
+    final_lr_ratio: float = 0.0          # cosine's last rate as a fraction of learning_rate
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
@@ -194,6 +197,9 @@ def parse(data: dict, source: str = "", base_dir: str = "") -> TrainConfig:
     _check(0 <= tr.ema_decay < 1, "[training] ema_decay must be in [0, 1)")
     _check(all(0 < v <= 1 for v in tr.sigma_values), "[training] sigma_values must lie in (0, 1]")
     _check(dat.crop in ("native", "cover"), "[data] crop: native or cover")
+    _check(tr.lr_schedule in ("constant", "cosine"), "[training] lr_schedule: constant or cosine")
+    _check(tr.warmup_steps >= 0 and 0 <= tr.final_lr_ratio <= 1,
+           "[training] need warmup_steps ≥ 0 and final_lr_ratio in [0, 1]")
     _check(tr.noise in ("gaussian", "zero", "lr"), "[training] noise: gaussian, zero or lr")
     _check(len(dat.crop_rescale) in (0, 2) and all(0 < v for v in dat.crop_rescale), "[data] crop_rescale: [] or [lo, hi] > 0")
     _check(len(dat.reference_gap) in (0, 2) and (not dat.reference_gap or 1 <= dat.reference_gap[0] <= dat.reference_gap[1]),

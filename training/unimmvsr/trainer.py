@@ -27,6 +27,7 @@ from .curriculum import slot_of, stage_at
 from .encoding import LatentEncoder, LatentSample, TextEncoder
 from .model import TrainModule, add_lora, export, load_for_training, training_state_dict
 from .samples import SampleBuilder, SampleError
+from .schedule import learning_rate_at
 
 log = logging.getLogger("UniCascade.train")
 MAX_ATTEMPTS = 20   # redraws of a slot whose sample is bad before the run stops
@@ -227,6 +228,10 @@ class Trainer:
                         loss_sum += float(loss.detach())
                 if tr.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, tr.grad_clip)
+                rate = learning_rate_at(step, cfg.total_steps, tr.learning_rate, tr.lr_schedule, tr.warmup_steps,
+                                        tr.final_lr_ratio)
+                for group in optimizer.param_groups:
+                    group["lr"] = rate
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 if ema is not None:
@@ -243,7 +248,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{mean_loss:.4f}", stage=stage.name, samples_s=f"{tr.batch_size / seconds:.2f}")
                     if step % tr.log_every == 0:
                         self._log(writer, csv_file, step, {"loss": mean_loss, "samples_per_s": tr.batch_size / seconds,
-                                                           "stage": stage_index})
+                                                           "stage": stage_index, "learning_rate": rate})
                 info = {"skipped": result.skipped, "config": cfg.source, "data_sha256": data_hash}
                 if step % tr.save_every == 0 or step == total:
                     state.save(ckpt_dir, step, module, optimizer, ema, info, dist.main)
