@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..core.unimmvsr import checkpoint
+from ..distributed.recipe import record
 from ..nodes.naming import category, node_id
 
 
@@ -85,5 +86,6 @@ class UniMMVSRLoader(io.ComfyNode):
     def execute(cls, unimmvsr_name) -> io.NodeOutput:
         import folder_paths
 
-        return io.NodeOutput(load_unimmvsr(folder_paths.get_full_path_or_raise("unimmvsr", unimmvsr_name),
-                                           unimmvsr_name))
+        model = load_unimmvsr(folder_paths.get_full_path_or_raise("unimmvsr", unimmvsr_name), unimmvsr_name)
+        record(model, node_id("UniMMVSRLoader"), unimmvsr_name=unimmvsr_name)
+        return io.NodeOutput(model)

@@ -31,6 +31,7 @@ NODE_MODULES = [
     "nodes.unimmvsr_references",
     "nodes.unimmvsr_guider",
     "nodes.unimmvsr_start_from_lr",
+    "nodes.unimmvsr_multi_gpu",
 ]
 
 
@@ -49,4 +50,7 @@ def node_classes() -> list[type[io.ComfyNode]]:
 
 class UniCascadeExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        from .unimmvsr_multi_gpu import register_routes
+
+        register_routes()  # ComfyUI 0.3.75 calls this once, before it adds the routes to its app
         return node_classes()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..distributed.recipe import record
 from ..samplers.attention_backends import CHOICES, apply_attention_backend
 from .naming import category, node_id
 from .validation import choice_error, first_error
@@ -42,4 +43,5 @@ class AttentionBackend(io.ComfyNode):
     @classmethod
     def execute(cls, model, backend) -> io.NodeOutput:
         patched, _, _ = apply_attention_backend(model, backend)
+        record(patched, node_id("AttentionBackend"), backend=backend)
         return io.NodeOutput(patched)

@@ -7,6 +7,7 @@ from ..core.attention.schedules import (DEFAULT_IMG_WINDOW_START, DEFAULT_LAMBDA
                                         DEFAULT_TXT_WINDOW_END, SCHEDULES, alpha_img, alpha_txt)
 from ..samplers.attention_boost import PROGRESS_SOURCES, BoostSchedule, apply_attention_boost
 from ..samplers.model_families import FLUX, WAN, require_family
+from ..distributed.recipe import record
 from .errors import plain_errors
 from .naming import category, node_id
 from .validation import choice_error, first_error, require_choice
@@ -71,4 +72,7 @@ class TemperatureModalityAlignment(io.ComfyNode):
                     alpha_img(u, lambda_img, schedule, img_window_start))
 
         boost = BoostSchedule(factors=factors, progress_source=progress, label=f"tma-{schedule}")
-        return io.NodeOutput(apply_attention_boost(model, family, boost))
+        patched = apply_attention_boost(model, family, boost)
+        record(patched, node_id("TemperatureModalityAlignment"), lambda_txt=lambda_txt, lambda_img=lambda_img, schedule=schedule,
+               txt_window_end=txt_window_end, img_window_start=img_window_start, progress=progress)
+        return io.NodeOutput(patched)

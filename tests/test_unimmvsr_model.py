@@ -90,9 +90,9 @@ def test_guider_combines_the_three_predictions_as_equation_2(pack, unimmvsr):
                 o = dict(options)
                 to = dict(o.get("transformer_options", {}))
                 to[keys.AUG_T_KEY] = 600.0
-                to[keys.REFERENCES_KEY] = guider._reference_tokens(2) if with_refs else None
+                to[keys.REFERENCES_KEY] = guider.evaluator(x.shape).reference_tokens(2) if with_refs else None
                 o["transformer_options"] = to
-                conds_w = guider._window_conds(guider.conds[conds], whole)
+                conds_w = guider.evaluator(x.shape)._window_conds(guider.conds[conds], whole)
                 preds[name] = comfy.samplers.calc_cond_batch(guider.inner_model, [conds_w], x, sigma, o)[0]
             recorded.append((denoised, preds))
             x = denoised + (x - denoised) * (sigmas[i + 1] / sigmas[i])

@@ -55,7 +55,8 @@ def test_wan22_48_channel_upscaler_equals_its_parent_bitwise(comfy):
 
 def cascade_graph(comfy, prefix, *, references=True, ref_size=(64, 48), steps=4, tile=None, lr_frames=5,
                   hr_size=(64, 48), model=None, reference_scale=1.0, reference_end=0.5, unimmvsr=UNIMMVSR,
-                  split_at=None, denoise=1.0, lr_source="images", lr_color=0x3366AA, augmentation=600, rgba=False):
+                  split_at=None, denoise=1.0, lr_source="images", lr_color=0x3366AA, augmentation=600, rgba=False,
+                  multi=None, sampler_name="ipndm", noise_seed=3):
     """Upsampler → Guider → SamplerCustomAdvanced (one call, or two over SplitSigmas) → SaveLatent.
     ``lr_source``: images (LR frames), latent (a VAE-encoded LR latent) or decoded (that latent through core
     VAEDecode, then as frames)."""
@@ -94,9 +95,11 @@ def cascade_graph(comfy, prefix, *, references=True, ref_size=(64, 48), steps=4,
                       reference_video_1=video[0])
         guider_inputs["references"] = refs[0]
     guider = g.node("UniCascadeUniMMVSRGuider", **guider_inputs)
+    if multi is not None:  # the UniMMVSR Multi-GPU node between the guider and the sampler
+        guider = g.node("UniCascadeUniMMVSRMultiGPU", guider=guider[0], **multi)
     sigmas = g.node("BasicScheduler", model=model[0], scheduler="simple", steps=steps, denoise=denoise)
-    sampler = g.node("KSamplerSelect", sampler_name="ipndm")
-    noise = g.node("RandomNoise", noise_seed=3)
+    sampler = g.node("KSamplerSelect", sampler_name=sampler_name)
+    noise = g.node("RandomNoise", noise_seed=noise_seed)
     if split_at is None:
         out = g.node("SamplerCustomAdvanced", noise=noise[0], guider=guider[0], sampler=sampler[0], sigmas=sigmas[0],
                      latent_image=up[1])

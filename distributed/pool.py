@@ -1,0 +1,285 @@
+"""Rank 0's side of multi-GPU UniMMVSR: the resident worker pool (README "4K on many GPUs").
+
+ComfyUI's process is rank 0. ``local_ranks − 1`` workers are started on this machine — one per extra GPU, as
+child processes running the pack's ``worker.py`` (the same entry remote machines start with torchrun; ComfyUI
+imports custom nodes under file-path module names, which a ``torch.multiprocessing`` spawn child could not
+re-import) — and ``remote_ranks`` join from other machines through the rendezvous address. Everyone meets in a
+``torch.distributed`` process group (NCCL on GPUs, gloo on CPU) created over a ``TCPStore`` that rank 0 hosts.
+The pool stays up across queued prompts; a change of settings, a dead or hung rank, ``POST
+/unicascade/unimmvsr/release`` or the server's exit ends it (workers are killed; local ones also die with their
+parent through PR_SET_PDEATHSIG). Each new group is a new *generation* of keys in the store, so a failed group
+never mixes with the next.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+
+import torch
+
+from .settings import MultiGPUSettings
+from .wire import Channel
+
+log = logging.getLogger("UniCascade")
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER_SCRIPT = os.path.join(PACK_ROOT, "worker.py")
+OPEN_KEY = "unicascade/open"
+
+
+class RankFailure(RuntimeError):
+    """A rank died, hung or failed; the message names it. The pool is gone; the next prompt starts a new one."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def backend_for(settings: MultiGPUSettings, device: torch.device) -> str:
+    if settings.backend != "auto":
+        if settings.backend == "nccl" and device.type != "cuda":
+            raise ValueError("backend: nccl needs CUDA devices; this ComfyUI runs on " + device.type)
+        return settings.backend
+    return "nccl" if device.type == "cuda" and torch.distributed.is_nccl_available() else "gloo"
+
+
+def visible_gpu(rank: int) -> str:
+    """CUDA_VISIBLE_DEVICES of local rank ``rank`` (rank 0 keeps the first visible GPU)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",")] if visible else [str(i) for i in range(torch.cuda.device_count())]
+    if rank >= len(ids):
+        raise ValueError(f"local_ranks: rank {rank} needs GPU #{rank}, but only {len(ids)} are visible")
+    return ids[rank]
+
+
+class WorkerPool:
+    def __init__(self, settings: MultiGPUSettings, device: torch.device):
+        settings.validate()
+        self.settings = settings
+        self.device = device
+        self.backend = backend_for(settings, device)
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.store = None
+        self.channel: Channel | None = None
+        self.generation = 0
+        self.commands = 0
+        self.step_counter = 0
+        self.model_key = None
+        self.alive = False
+        # joining and loading a model (CUDA start-up, reading 14B weights) take longer than a step's windows
+        self.join_timeout = max(settings.timeout, 600.0)
+        self.lock = threading.Lock()
+
+    # -- start ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            raise RuntimeError("torch.distributed is already initialised in this ComfyUI process (by another pack?); "
+                               "multi-GPU UniMMVSR needs its own process group")
+        s = self.settings
+        host, port = s.address()
+        port = port or free_port()
+        try:
+            self.store = dist.TCPStore("0.0.0.0" if s.remote_ranks else host, port, is_master=True,
+                                       timeout=timedelta(seconds=s.timeout), wait_for_workers=False)
+        except Exception as e:
+            raise RuntimeError(f"rendezvous: cannot listen on port {port} ({e})") from e
+        self.generation = int(self.store.add("unicascade/generation", 1))
+        ch = self.channel = Channel(self.store, self.generation)
+        ch.set("world", {"world_size": s.world_size, "local_ranks": s.local_ranks, "remote_ranks": s.remote_ranks,
+                         "backend": self.backend, "timeout": s.timeout})
+        self.store.set(OPEN_KEY, str(self.generation))
+        self.address = (host, port)
+        self._loopback_env(s.remote_ranks == 0)
+        try:
+            for rank in range(1, s.local_ranks):
+                self.procs[rank] = self._spawn(rank, host, port)
+            self._wait_all("alive", "join", self.join_timeout)
+            if s.pin_cpus and self.device.type == "cpu":
+                os.sched_setaffinity(0, {0})
+                torch.set_num_threads(1)
+            dist.init_process_group(self.backend, store=dist.PrefixStore(ch.key("pg"), self.store), rank=0,
+                                    world_size=s.world_size, timeout=timedelta(seconds=s.timeout))
+        except BaseException:
+            self.close()
+            raise
+        self.alive = True
+        log.info("UniMMVSR multi-GPU: %d ranks on %s (%d local, %d remote), generation %d", s.world_size,
+                 self.backend, s.local_ranks, s.remote_ranks, self.generation)
+
+    @staticmethod
+    def _loopback_env(local_only: bool) -> None:
+        """A local-only group talks over loopback (SPEC §7: the transports have no authentication); with remote
+        ranks, the interface the user's routing picks (or their own GLOO/NCCL_SOCKET_IFNAME)."""
+        for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+            if local_only and var not in os.environ:
+                os.environ[var] = "lo"
+                _OURS.add(var)
+            elif not local_only and var in _OURS:
+                os.environ.pop(var, None)
+                _OURS.discard(var)
+
+    def _spawn(self, rank: int, host: str, port: int) -> subprocess.Popen:
+        import folder_paths
+
+        env = dict(os.environ)
+        device = "cpu"
+        if self.device.type == "cuda":
+            env["CUDA_VISIBLE_DEVICES"] = visible_gpu(rank)
+            device = "cuda"
+        cmd = [sys.executable, WORKER_SCRIPT, "--master-addr", host, "--master-port", str(port), "--rank", str(rank),
+               "--generation", str(self.generation), "--comfyui", os.path.dirname(os.path.abspath(folder_paths.__file__)),
+               "--base-directory", folder_paths.base_path, "--device", device, "--parent-pid", str(os.getpid())]
+        if self.settings.pin_cpus and device == "cpu":
+            cmd += ["--cpu-core", str(rank % os.cpu_count())]
+        return subprocess.Popen(cmd, env=env, cwd=PACK_ROOT)
+
+    # -- rank health ------------------------------------------------------------------------------------
+    def dead_local_rank(self) -> str | None:
+        for rank, p in self.procs.items():
+            code = p.poll()
+            if code is not None:
+                return f"rank {rank} (local worker, pid {p.pid}) exited with code {code}"
+        return None
+
+    def _wait_all(self, name: str, what: str, timeout: float) -> dict[int, object]:
+        """``name/<rank>`` of every worker rank; RankFailure names the ranks that died or never answered."""
+        ch = self.channel
+        got: dict[int, object] = {}
+        end = time.monotonic() + timeout
+        while True:
+            for rank in range(1, self.settings.world_size):
+                if rank not in got and ch.has(f"{name}/{rank}"):
+                    got[rank] = ch.get(f"{name}/{rank}")
+            if len(got) == self.settings.world_size - 1:
+                return got
+            dead = self.dead_local_rank()
+            if dead:
+                raise RankFailure(f"UniMMVSR multi-GPU: {dead} during {what}")
+            import comfy.model_management
+
+            comfy.model_management.throw_exception_if_processing_interrupted()  # Stop while waiting for ranks
+            if time.monotonic() > end:
+                missing = [r for r in range(1, self.settings.world_size) if r not in got]
+                kinds = ["local" if r < self.settings.local_ranks else "remote" for r in missing]
+                raise RankFailure(f"UniMMVSR multi-GPU: rank(s) {', '.join(f'{r} ({k})' for r, k in zip(missing, kinds))}"
+                                  f" did not answer ({what}) within {timeout:.0f} s"
+                                  + (" — are the remote workers started with this rendezvous address?"
+                                     if what == "join" and any(k == "remote" for k in kinds) else ""))
+            time.sleep(0.005)
+
+    # -- commands ---------------------------------------------------------------------------------------
+    def command(self, op: str, **fields) -> int:
+        self.commands += 1
+        self.channel.set(f"cmd/{self.commands}", {"op": op, **fields})
+        return self.commands
+
+    def ensure_model(self, model) -> None:
+        """Workers hold the model rank 0 samples with: rebuilt from its recipe, patch signatures compared."""
+        import folder_paths
+
+        from .recipe import recipe_of, signature
+
+        recipe = recipe_of(model)
+        want = signature(model)
+        key = repr((recipe, want))
+        if key == self.model_key:
+            return
+        search = {f: list(folder_paths.folder_names_and_paths[f][0]) for f in ("unimmvsr", "diffusion_models")
+                  if f in folder_paths.folder_names_and_paths}
+        n = self.command("load", recipe=recipe, search_paths=search)
+        answers = self._wait_all(f"loaded/{n}", "model loading", self.join_timeout)
+        for rank, answer in sorted(answers.items()):
+            if answer.get("error"):
+                raise ValueError(f"UniMMVSR multi-GPU: rank {rank} could not load the model: {answer['error']}")
+            if answer["signature"] != want:
+                only_here = sorted(set(want) - set(answer["signature"]))
+                raise ValueError("model: patched by something the workers cannot reproduce "
+                                 f"({'; '.join(only_here) or 'different patches'}); multi-GPU UniMMVSR replays the "
+                                 "UniMMVSR Loader and the pack's own patch nodes (TMA, UniCascade Attention) only")
+        self.model_key = key
+
+    # -- end ----------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Tell the workers to leave, end the group, stop local workers (killing them if they do not exit)."""
+        import torch.distributed as dist
+
+        self.alive = False
+        try:
+            if self.channel is not None:
+                self.channel.set("closed", True)
+                self.store.set(OPEN_KEY, "0")
+        except Exception:
+            pass
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception as e:  # a broken group may fail to tear down cleanly; the workers are killed anyway
+                log.debug("destroy_process_group: %s", e)
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + 5
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = {}
+        self.store = None
+
+
+_OURS: set[str] = set()     # loopback variables this module set (and may unset)
+_pool: WorkerPool | None = None
+_pool_lock = threading.Lock()
+
+
+def pool_for(settings: MultiGPUSettings, device: torch.device) -> WorkerPool:
+    """The resident pool for ``settings`` (started, or restarted when the settings changed or a rank died)."""
+    global _pool
+    with _pool_lock:
+        if _pool is not None:
+            dead = _pool.dead_local_rank()
+            if not _pool.alive or _pool.settings != settings or _pool.device != device or dead:
+                if dead and _pool.alive:
+                    log.warning("UniMMVSR multi-GPU: %s since the last prompt; restarting the workers", dead)
+                _pool.close()
+                _pool = None
+        if _pool is None:
+            pool = WorkerPool(settings, device)
+            pool.start()
+            _pool = pool
+        return _pool
+
+
+def release() -> bool:
+    """End the resident pool (if any). True when there was one."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            return False
+        _pool.close()
+        _pool = None
+        return True
+
+
+def discard(pool: WorkerPool) -> None:
+    """After a failure: close ``pool`` and forget it, so the next prompt starts fresh workers."""
+    global _pool
+    with _pool_lock:
+        pool.close()
+        if _pool is pool:
+            _pool = None
+
+
+atexit.register(release)

@@ -1,0 +1,238 @@
+"""A multi-GPU UniMMVSR worker: joins rank 0's process group, rebuilds its model, denoises its share of windows.
+
+Started by rank 0 for each extra local GPU, or on other machines by torchrun (README "4K on many GPUs"). It waits
+for commands in the rendezvous store (so it can idle between prompts indefinitely), receives tensors by
+broadcast, and answers each step with its windows' Σ w·x̂ and Σ w in the all-reduce. When rank 0's group ends
+(closed, or broken by a failure) a local worker exits; a remote one returns to the rendezvous for the next group.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from datetime import timedelta
+
+import torch
+
+from .wire import Channel, receive_tensors, unpack_conds
+
+log = logging.getLogger("UniCascade")
+OPEN_KEY = "unicascade/open"
+
+
+class GroupEnded(Exception):
+    """Rank 0 closed this generation or started a new one."""
+
+
+class Worker:
+    def __init__(self, store, generation: int, rank: int | None, device: torch.device, parent_pid: int | None,
+                 node_classes: dict, trace: str | None):
+        self.store, self.generation, self.device = store, generation, device
+        self.channel = Channel(store, generation)
+        self.world = self.channel.get("world")
+        if rank is None:  # a remote worker takes the next remote slot
+            slot = self.channel.add("joined", 1)
+            if slot > self.world["remote_ranks"]:
+                raise GroupEnded(f"all {self.world['remote_ranks']} remote slots of generation {generation} are taken")
+            rank = self.world["local_ranks"] + slot - 1
+        self.rank = rank
+        self.parent_pid = parent_pid
+        self.node_classes = node_classes
+        self.trace = trace
+        self.model = None
+        self.state = None
+        self.prompt_error = "no prompt received"
+        self.next_command = 1
+
+    def comm_device(self) -> torch.device:
+        return self.device if self.world["backend"] == "nccl" else torch.device("cpu")
+
+    def alive(self) -> bool:
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            return False
+        try:
+            if self.channel.has("closed") or self.store.get(OPEN_KEY).decode() != str(self.generation):
+                return False
+        except Exception:  # the store (rank 0) is gone
+            return False
+        return True
+
+    def join(self) -> None:
+        import torch.distributed as dist
+
+        self.channel.set(f"alive/{self.rank}", {"pid": os.getpid(), "host": os.uname().nodename})
+        dist.init_process_group(self.world["backend"], store=dist.PrefixStore(self.channel.key("pg"), self.store),
+                                rank=self.rank, world_size=self.world["world_size"],
+                                timeout=timedelta(seconds=self.world["timeout"]))
+        log.info("UniMMVSR worker: rank %d of %d joined (generation %d, %s)", self.rank, self.world["world_size"],
+                 self.generation, self.world["backend"])
+
+    def serve(self) -> None:
+        while True:
+            cmd = self.channel.wait(f"cmd/{self.next_command}", 1.0, self.alive)
+            if cmd is None:
+                if not self.alive():
+                    raise GroupEnded("rank 0 closed the group")
+                continue
+            number = self.next_command
+            self.next_command += 1
+            getattr(self, "do_" + cmd["op"])(number, cmd)
+
+    # -- commands ---------------------------------------------------------------------------------------
+    def do_load(self, number: int, cmd: dict) -> None:
+        import folder_paths
+
+        from .recipe import replay, signature
+
+        try:
+            for folder, paths in cmd["search_paths"].items():
+                for path in paths:
+                    if os.path.isdir(path) and folder in folder_paths.folder_names_and_paths:
+                        folder_paths.add_model_folder_path(folder, path)
+            self.model = replay(cmd["recipe"], self.node_classes)
+            answer = {"signature": signature(self.model)}
+        except Exception as e:
+            log.exception("UniMMVSR worker rank %d: loading failed", self.rank)
+            self.model = None
+            answer = {"error": f"{type(e).__name__}: {e}"}
+        self.channel.set(f"loaded/{number}/{self.rank}", answer)
+
+    def do_prompt(self, number: int, cmd: dict) -> None:
+        tensors = receive_tensors(cmd["tensors"], self.comm_device())
+        self.state, self.prompt_error = None, "no model loaded (its loading failed)"
+        if self.model is None:
+            return
+        try:
+            self.state = self._prepare(cmd, tensors)
+            self.prompt_error = None
+        except Exception as e:  # reported with this rank's name at the next step
+            log.exception("UniMMVSR worker rank %d: preparing the prompt failed", self.rank)
+            self.prompt_error = f"{type(e).__name__}: {e}"
+
+    def _prepare(self, cmd: dict, tensors: list) -> dict:
+        import comfy.model_management
+
+        from ..samplers.unimmvsr_model import UniMMVSRConfig
+        from ..samplers.unimmvsr_windows import WindowEvaluator
+
+        comfy.model_management.load_models_gpu([self.model])
+        self.model.pre_run()   # as CFGGuider.outer_sample does (current_patcher, ON_PRE_RUN callbacks)
+        inner = self.model.model
+        device = self.model.load_device
+        tensors = [t.to(device) for t in tensors]
+        import comfy.model_patcher
+        import comfy.sampler_helpers
+
+        # the model options a sampler call gets on rank 0 (CFGGuider.sample): the patcher's wrappers and callbacks
+        # merged into transformer_options, then the σ schedule
+        options = comfy.model_patcher.create_model_options_clone(self.model.model_options)
+        comfy.sampler_helpers.prepare_model_patcher(self.model, {}, options)
+        if cmd["sample_sigmas"] is not None:
+            options["transformer_options"]["sample_sigmas"] = tensors[cmd["sample_sigmas"]]
+        evaluator = WindowEvaluator(
+            inner, unpack_conds(cmd["positive"], tensors), unpack_conds(cmd["negative"], tensors),
+            tensors[cmd["condition"]], [(r["category"], tensors[r["tensor"]]) for r in cmd["references"]],
+            UniMMVSRConfig(**cmd["config"]), cmd["aug_t"], cmd["text_scale"],
+            tuple(cmd["tile"]) if cmd["tile"] else None, tuple(cmd["overlap"]), cmd["shape"])
+        windows = evaluator.windows()
+        if len(windows) != cmd["windows"]:
+            raise RuntimeError(f"rank {self.rank} made {len(windows)} windows, rank 0 {cmd['windows']}")
+        return {"evaluator": evaluator, "windows": windows, "share": cmd["shares"][self.rank], "options": options}
+
+    def do_step(self, number: int, cmd: dict) -> None:
+        import torch.distributed as dist
+
+        from ..core.unimmvsr import tiling
+
+        k = cmd["step"]
+        x, timestep = receive_tensors([{"shape": cmd["latent_shape"], "dtype": cmd["latent_dtype"]},
+                                       {"shape": cmd["timestep_shape"], "dtype": cmd["timestep_dtype"]}],
+                                      self.comm_device())
+        error = None
+        blend = tiling.Blender(x.shape, dtype=torch.float32, device=self.device)
+        if self.state is None:
+            error = self.prompt_error
+        else:
+            try:
+                ev = self.state["evaluator"]
+                dev = ev.condition.device
+                x, timestep = x.to(dev), timestep.to(dev)
+                blend = tiling.Blender(x.shape, dtype=torch.float32, device=dev)
+                for index in self.state["share"]:
+                    if self.channel.has(f"abort/{k}"):
+                        self._trace(event="unimmvsr_worker_abort", rank=self.rank, step=k)
+                        break
+                    win = self.state["windows"][index]
+                    out, evaluations = ev.evaluate(win, x, timestep, self.state["options"], cmd["s_ref"])
+                    blend.add(win, out, ev.weights(win))
+                    self._trace(event="unimmvsr", sigma=cmd["sigma"], u=cmd["u"], window=[win.t0, win.y0, win.x0],
+                                window_size=[win.t1 - win.t0, win.y1 - win.y0, win.x1 - win.x0],
+                                evaluations=evaluations, s_ref=cmd["s_ref"], rank=self.rank, step=k, pid=os.getpid())
+                    self.channel.add(f"done/{k}/{self.rank}", 1)
+            except Exception as e:
+                log.exception("UniMMVSR worker rank %d: step %d failed", self.rank, k)
+                error = f"{type(e).__name__}: {e}"
+                blend = tiling.Blender(x.shape, dtype=torch.float32, device=x.device)
+        self.channel.set(f"fin/{k}/{self.rank}", {"error": error})
+        flat = torch.cat([blend.total.flatten(), blend.weight.flatten()]).to(self.comm_device())
+        dist.all_reduce(flat)
+
+    def do_close(self, number: int, cmd: dict) -> None:
+        raise GroupEnded("closed")
+
+    def _trace(self, **fields) -> None:
+        if self.trace:
+            with open(self.trace, "a", encoding="utf-8") as f:
+                f.write(json.dumps(fields) + "\n")
+
+
+def run(args, node_classes: dict, trace: str | None) -> int:
+    """Serve rank 0 until it ends the group (local worker) or forever, rejoining each new group (remote)."""
+    import torch.distributed as dist
+
+    device = torch.device("cuda" if args.device == "cuda" else "cpu")
+    remote = args.rank is None
+    seen = set()
+    store = None
+    while True:
+        if store is None:
+            store = dist.TCPStore(args.master_addr, args.master_port, is_master=False,
+                                  timeout=timedelta(seconds=args.join_timeout), wait_for_workers=False)
+        if remote:
+            try:
+                generation = wait_for_open_generation(store, seen)
+            except Exception as e:  # rank 0 went away (ComfyUI restarted): connect again
+                log.info("UniMMVSR worker: rendezvous lost (%s); reconnecting", e)
+                store = None
+                time.sleep(1.0)
+                continue
+        else:
+            generation = args.generation
+        seen.add(generation)
+        try:
+            worker = Worker(store, generation, args.rank, device, args.parent_pid, node_classes, trace)
+            worker.join()
+            worker.serve()
+        except GroupEnded as e:
+            log.info("UniMMVSR worker: generation %d ended (%s)", generation, e)
+        except Exception as e:  # a broken collective: rank 0 failed or gave up on this group
+            log.warning("UniMMVSR worker: generation %d broke (%s: %s)", generation, type(e).__name__, e)
+        finally:
+            if dist.is_initialized():
+                try:
+                    dist.destroy_process_group()
+                except Exception:
+                    pass
+        if not remote:
+            return 0
+
+
+def wait_for_open_generation(store, seen: set) -> int:
+    """The generation rank 0 has open for joining (one not served before)."""
+    while True:
+        if store.check([OPEN_KEY]):
+            g = int(store.get(OPEN_KEY).decode())
+            if g and g not in seen:
+                return g
+        time.sleep(0.2)

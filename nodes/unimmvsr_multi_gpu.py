@@ -1,0 +1,88 @@
+"""UniMMVSR Multi-GPU: the guider's windows spread over torch.distributed ranks (README "4K on many GPUs")."""
+from __future__ import annotations
+
+import copy
+
+from comfy_api.latest import io
+
+from ..distributed.settings import MultiGPUSettings
+from .naming import category, node_id
+
+
+class UniMMVSRMultiGPU(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=node_id("UniMMVSRMultiGPU"),
+            display_name="UniMMVSR Multi-GPU",
+            category=category("upscaling"),
+            description=("Shares each step's tiles among several GPUs (or CPU processes): this ComfyUI is rank 0, "
+                         "local_ranks − 1 workers start on this machine (one per extra GPU) and remote_ranks join "
+                         "from other machines with torchrun (README). Workers load the same checkpoint with the same "
+                         "loaders and stay up across prompts. The result equals one-process tiling (up to float "
+                         "summation order). Needs tiling (tile_width/height or chunk_frames on the guider) to have "
+                         "windows to share."),
+            inputs=[
+                io.Guider.Input("guider", tooltip="From the UniMMVSR Guider."),
+                io.Int.Input("local_ranks", default=2, min=1, max=64,
+                             tooltip="Processes on this machine including ComfyUI: one per GPU to use. Default 2, "
+                                     "range 1–64. On a machine without CUDA they run on the CPU (gloo)."),
+                io.Int.Input("remote_ranks", default=0, min=0, max=1024,
+                             tooltip="Workers joining from other machines (torchrun … worker.py --master-addr "
+                                     "<this host> --master-port <port>). Default 0, range 0–1024."),
+                io.String.Input("rendezvous", default="",
+                                tooltip="host:port this ComfyUI listens on for remote workers, e.g. 10.0.0.1:29600. "
+                                        "Empty (default) = a free loopback port (local ranks only)."),
+                io.Combo.Input("backend", options=["auto", "nccl", "gloo"], default="auto",
+                               tooltip="torch.distributed backend: auto = NCCL on CUDA, gloo on CPU."),
+                io.Float.Input("timeout_seconds", default=300.0, min=1.0, max=86400.0, step=1.0,
+                               tooltip="A rank that does not join, or makes no progress on its tiles for this long, "
+                                       "ends the prompt with an error naming it; the next prompt restarts the "
+                                       "workers. Default 300 s, range 1–86400."),
+            ],
+            outputs=[io.Guider.Output()],
+        )
+
+    @classmethod
+    def validate_inputs(cls, rendezvous):
+        if rendezvous:
+            try:
+                MultiGPUSettings(local_ranks=1, rendezvous=rendezvous).address()
+            except ValueError as e:
+                return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, guider, local_ranks, remote_ranks, rendezvous, backend, timeout_seconds) -> io.NodeOutput:
+        from ..samplers.unimmvsr_guider import UniMMVSRGuider
+
+        if not isinstance(guider, UniMMVSRGuider):
+            raise ValueError(f"guider: a UniMMVSR Guider is needed, got {type(guider).__name__}")
+        settings = MultiGPUSettings(local_ranks=local_ranks, remote_ranks=remote_ranks, rendezvous=rendezvous.strip(),
+                                    backend=backend, timeout=float(timeout_seconds))
+        settings.validate()
+        spread = copy.copy(guider)
+        spread.distributed = settings if settings.world_size > 1 else None
+        return io.NodeOutput(spread)
+
+
+_routes_registered = False
+
+
+def register_routes() -> None:
+    """POST /unicascade/unimmvsr/release ends the resident workers (their GPU memory is freed)."""
+    try:
+        from aiohttp import web
+        from server import PromptServer
+    except ImportError:  # not inside ComfyUI's server
+        return
+    global _routes_registered
+    if PromptServer.instance is None or _routes_registered:
+        return
+    _routes_registered = True
+
+    @PromptServer.instance.routes.post("/unicascade/unimmvsr/release")
+    async def release_workers(request):
+        from ..distributed.pool import release
+
+        return web.json_response({"released": release()})
