@@ -86,6 +86,12 @@ class Worker:
         from .recipe import replay, signature
 
         try:
+            if self.model is not None:  # a new model replaces the old one: free it first
+                import comfy.model_management
+
+                self.model = self.state = None
+                comfy.model_management.unload_all_models()
+                comfy.model_management.soft_empty_cache()
             for folder, paths in cmd["search_paths"].items():
                 for path in paths:
                     if os.path.isdir(path) and folder in folder_paths.folder_names_and_paths:

@@ -25,6 +25,8 @@ NODE_MODULES = [
     "model_loaders.siglip",
     "model_loaders.llm",
     "nodes.pyramid_reflection",
+    "model_loaders.mfm_pipeline",
+    "nodes.mfm_apply",
     "model_loaders.unimmvsr",
     "model_loaders.space_to_depth_vae",
     "nodes.unimmvsr_upsampler",

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from ..core.attention.schedules import (DEFAULT_IMG_WINDOW_START, DEFAULT_LAMBDA_IMG, DEFAULT_LAMBDA_TXT,
                                         DEFAULT_TXT_WINDOW_END, SCHEDULES, alpha_img, alpha_txt)
 from ..samplers.attention_boost import PROGRESS_SOURCES, BoostSchedule, apply_attention_boost
-from ..samplers.model_families import FLUX, WAN, require_family
+from ..samplers.model_families import FLUX, MFM, WAN, require_family
 from ..distributed.recipe import record
 from .errors import plain_errors
 from .naming import category, node_id
@@ -26,10 +26,10 @@ class TemperatureModalityAlignment(io.ComfyNode):
                 "Temperature Modality Alignment (UniVid §2.3): multiplies the pre-softmax logits of video queries on "
                 "text keys by α_txt(u) (strong early, neutral after the text window) and, on Wan I2V/FLF2V "
                 "CLIP-image keys, by α_img(u) (late boost). Returns a patched clone: plug it into any sampler. "
-                "Works with every attention backend. Wan 2.1/2.2 (cross-attention) and Flux (joint attention: "
-                "image-query × text-key logits)."),
+                "Works with every attention backend. Wan 2.1/2.2 and MfM (text cross-attention) and Flux (joint "
+                "attention: image-query × text-key logits)."),
             inputs=[
-                io.Model.Input("model", tooltip="A Wan 2.1/2.2 (T2V, I2V, FLF2V, VACE, 5B, 14B) or Flux model."),
+                io.Model.Input("model", tooltip="A Wan 2.1/2.2 (T2V, I2V, FLF2V, VACE, 5B, 14B), MfM or Flux model."),
                 io.Float.Input("lambda_txt", default=DEFAULT_LAMBDA_TXT, min=0.0, max=LAMBDA_MAX, step=0.01,
                                tooltip=f"λ_txt: peak text boost is 1+λ at the first step. Default "
                                        f"{DEFAULT_LAMBDA_TXT} (paper), range 0–{LAMBDA_MAX}; 0 disables."),
@@ -65,7 +65,7 @@ class TemperatureModalityAlignment(io.ComfyNode):
     def execute(cls, model, lambda_txt, lambda_img, schedule, txt_window_end, img_window_start,
                 progress) -> io.NodeOutput:
         require_choice("progress", progress, PROGRESS_SOURCES)
-        family = require_family(model, (WAN, FLUX), "TMA")
+        family = require_family(model, (WAN, FLUX, MFM), "TMA")
 
         def factors(u: float) -> tuple[float, float]:
             return (alpha_txt(u, lambda_txt, schedule, txt_window_end),

@@ -26,7 +26,7 @@ from typing import Callable
 
 from ..core.attention.logit_scaling import scale_all_logits, scale_image_to_text_logits
 from ..core.attention.progress import progress_from_schedule, progress_from_sigma
-from .model_families import FLUX, WAN
+from .model_families import FLUX, MFM, WAN
 
 WRAPPER_KEY = "unicascade_attention_boost"
 STATE_KEY = "unicascade_attention_boost_state"        # per model call: the boost in force
@@ -172,7 +172,7 @@ def apply_attention_boost(model, family: str, schedule: BoostSchedule):
         boost = options.get(STATE_KEY)
         if boost is None:
             return call_next(func, *args, **kwargs)
-        if family == WAN:
+        if family in (WAN, MFM):
             call = options.get(CROSS_TAG_KEY)
             if call is None:  # self-attention
                 return call_next(func, *args, **kwargs)

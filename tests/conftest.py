@@ -19,6 +19,7 @@ from harness.paths import REPO, pack_module, use_comfy_in_process  # noqa: E402
 EXTRA_FIXTURE_WRITERS = [
     ("harness.tiny_depth", "write_depth_fixtures"),
     ("harness.tiny_reflection", "write_reflection_fixtures"),
+    ("harness.tiny_mfm", "write_mfm_fixtures"),
 ]
 
 

@@ -152,7 +152,7 @@ def test_unsupported_model_fails_with_its_name_and_server_goes_on(comfy):
                  positive=pos[0], negative=pos[0], latent_image=latent[0], denoise=1.0)
     g.node("SaveLatent", samples=out[0], filename_prefix=comfy.prefix)
     error = comfy.run_expecting_error(g.prompt())
-    assert "TMA works on Wan 2.1/2.2 or Flux models" in error["exception_message"]
+    assert "TMA works on Wan 2.1/2.2 or Flux or MfM models" in error["exception_message"]
     assert error["exception_type"] == "ValueError"  # a plain type, not the pack's module path
     assert "SD3" in error["exception_message"]
     # TACA on a Wan model is refused too

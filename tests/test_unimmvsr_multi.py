@@ -104,6 +104,23 @@ def test_two_ranks_equal_one_process_and_share_the_windows(comfy):
     assert len(windows) == WINDOWS
 
 
+def test_a_model_change_reloads_the_workers_model(comfy):
+    """The resident workers hold the trained upscaler from the test above; another checkpoint must be reloaded by
+    them (a stale model would give other windows than rank 0's)."""
+    from harness.tiny_models import UNIMMVSR_SHIFT3
+
+    for name, model in (("trained", UNIMMVSR_TRAINED), ("shift3", UNIMMVSR_SHIFT3)):
+        comfy.run(cascade_graph(comfy, f"{comfy.prefix}_{name}_one", tile=TILE, unimmvsr=model, steps=2,
+                                sampler_name="euler", noise_seed=21).prompt())
+        comfy.run(cascade_graph(comfy, f"{comfy.prefix}_{name}_two", tile=TILE, unimmvsr=model, steps=2,
+                                sampler_name="euler", multi=multi(), noise_seed=21).prompt())
+        a = load_latent(comfy, f"{comfy.prefix}_{name}_one")
+        b = load_latent(comfy, f"{comfy.prefix}_{name}_two")
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (name, float((a - b).abs().max()))
+    trained = load_latent(comfy, f"{comfy.prefix}_trained_two")
+    assert not torch.allclose(trained, load_latent(comfy, f"{comfy.prefix}_shift3_two"), atol=1e-3)
+
+
 def test_the_pool_stays_resident_across_prompts_and_release_ends_it(comfy):
     def run(prefix, seed):  # a new seed each time: ComfyUI would otherwise serve the cached result
         comfy.trace.clear()
