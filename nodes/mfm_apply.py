@@ -13,9 +13,15 @@ DEPTH_CHANNEL = 3
 
 
 def with_condition(conditioning: list, pixels: torch.Tensor, motion_score: float) -> list:
+    """``conditioning`` with the condition attached; a fresh random id names these pixels (the model caches the
+    adapter's output per id)."""
+    import secrets
+
     from ..samplers.mfm_model import CONDITION_KEY
 
-    return [[c, {**opts, CONDITION_KEY: {"pixels": pixels, "motion_score": motion_score}}] for c, opts in conditioning]
+    ident = secrets.randbits(62)
+    return [[c, {**opts, CONDITION_KEY: {"pixels": pixels, "motion_score": motion_score, "id": ident}}]
+            for c, opts in conditioning]
 
 
 class MfMApplyCondition(io.ComfyNode):

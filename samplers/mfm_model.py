@@ -43,7 +43,27 @@ class ComfyMfMTransformer(MfMTransformer3D):
     ComfyUI picked (SDPA, sage, flash, …) and ``optimized_attention_override`` patches such as TMA, which see the
     cross-attention calls tagged as text cross-attention."""
 
-    def forward(self, x, timestep, context, transformer_options={}, **kwargs):
+    CACHE_SIZE = 2
+
+    def cached_adapter_output(self, x, condition, condition_id):
+        """The adapter's output does not depend on σ: computed once per condition (ids from MfM Apply Condition)
+        and per weights in place (their storage is part of the key), not on every step."""
+        if condition is None:
+            key = ("zero", tuple(x.shape), x.dtype, x.device)
+        elif condition_id is not None:
+            key = (tuple(condition_id.flatten().tolist()), tuple(condition.shape), x.dtype, condition.device)
+        else:
+            return None
+        key += (self.cond_conv.conv_out.weight.data_ptr(), self.cond_conv.conv_out.weight.device)
+        cache = self.__dict__.setdefault("_adapter_cache", {})
+        if key not in cache:
+            while len(cache) >= self.CACHE_SIZE:
+                cache.pop(next(iter(cache)))
+            cache[key] = self.adapt(self.condition_for(x) if condition is None else condition.to(x.dtype))
+        return cache[key]
+
+    def forward(self, x, timestep, context, transformer_options={}, mfm_condition=None, mfm_condition_id=None,
+                **kwargs):
         from comfy.ldm.modules.attention import optimized_attention
 
         from .attention_boost import CROSS_TAG_KEY
@@ -55,7 +75,9 @@ class ComfyMfMTransformer(MfMTransformer3D):
             return optimized_attention(q, k, v, heads, mask=None if bias is None else bias.to(q.dtype),
                                        skip_reshape=True, skip_output_reshape=True, transformer_options=options)
 
-        return super().forward(x, timestep, context, attention=attend, **kwargs)
+        adapted = self.cached_adapter_output(x, mfm_condition, mfm_condition_id)
+        return super().forward(x, timestep, context, attention=attend, mfm_condition=mfm_condition,
+                               adapter_output=adapted, **kwargs)
 
 
 class MfMConfig(comfy.supported_models_base.BASE):
@@ -92,6 +114,8 @@ class MfMModel(comfy.model_base.BaseModel):
         condition = kwargs.get(CONDITION_KEY)
         if condition is not None:
             out["mfm_condition"] = comfy.conds.CONDRegular(condition["pixels"])
+            if condition.get("id") is not None:  # lets the model reuse the adapter's output across steps
+                out["mfm_condition_id"] = comfy.conds.CONDRegular(torch.tensor([int(condition["id"])]))
             out["motion_score"] = comfy.conds.CONDRegular(torch.tensor([float(condition["motion_score"])]))
         return out
 

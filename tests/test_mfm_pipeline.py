@@ -172,3 +172,32 @@ def test_tma_boosts_mfms_text_cross_attention(comfy):
     assert not torch.allclose(boosted, plain, atol=1e-4)
     alphas = [r["alpha_txt"] for r in comfy.trace.records() if "alpha_txt" in r]
     assert alphas and max(alphas) > 2.0                    # 1 + λ at the first step; the boost reached the model
+
+
+def test_the_adapter_output_is_reused_across_steps_and_equals_the_uncached_forward(pack, comfy_base):
+    import folder_paths
+
+    from core.mfm.transformer import MfMTransformer3D
+
+    folder_paths.add_model_folder_path("mfm", f"{comfy_base}/models/mfm")
+    dm = pack("model_loaders.mfm_pipeline").load_pipeline_model(MFM).model.diffusion_model
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(2, 16, 2, 4, 4, generator=g), torch.randn(2, 7, 4096, generator=g)
+    cond = torch.randn(2, 5, 5, 32, 32, generator=g)
+    ids = torch.tensor([11, 12])
+    calls = []
+    original = dm.cond_conv.forward
+    dm.cond_conv.forward = lambda c: calls.append(1) or original(c)
+    try:
+        with torch.no_grad():
+            outs = [dm(x, torch.tensor([900.0 - 300 * i] * 2), ctx, mfm_condition=cond, mfm_condition_id=ids)
+                    for i in range(3)]
+            plain = [MfMTransformer3D.forward(dm, x, torch.tensor([900.0 - 300 * i] * 2), ctx, mfm_condition=cond,
+                                              attention=None) for i in range(3)]
+            assert len(calls) == 1 + 3                      # once for the three cached steps, 3 uncached
+            other = dm(x, torch.tensor([900.0] * 2), ctx, mfm_condition=cond * 0.5, mfm_condition_id=ids + 2)
+    finally:
+        dm.cond_conv.forward = original
+    for a, b in zip(outs, plain):   # ComfyUI's attention vs SDPA: float-level differences only
+        assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+    assert not torch.allclose(other, outs[0], atol=1e-4)    # a new condition (new id) is not served from the cache

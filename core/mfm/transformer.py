@@ -235,6 +235,13 @@ class MfMTransformer3D(nn.Module):
             out.extend(item.module if isinstance(item, BlockChunk) else [item])
         return out
 
+    def adapt(self, condition: torch.Tensor) -> torch.Tensor:
+        """The light adapter's output on the token grid [B, D, T, h, w] for a condition [B, 5|4, F, H, W]."""
+        if condition.shape[1] != self.condition_channels:
+            raise ValueError(f"the MfM condition has {condition.shape[1]} channels; this model takes "
+                             f"{self.condition_channels} (R, G, B{', depth' if self.use_depth else ''}, mask)")
+        return self.cond_conv(condition)
+
     def condition_for(self, x: torch.Tensor) -> torch.Tensor:
         """The all-zero condition of a latent (t2v, t2i): [B, 5|4, 4(T−1)+1, 8h, 8w]."""
         b, _, t, h, w = x.shape
@@ -242,23 +249,23 @@ class MfMTransformer3D(nn.Module):
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, mfm_condition: torch.Tensor | None = None,
-                motion_score: torch.Tensor | None = None, attention=None, **_kwargs) -> torch.Tensor:
+                motion_score: torch.Tensor | None = None, attention=None, adapter_output: torch.Tensor | None = None,
+                **_kwargs) -> torch.Tensor:
         """x [B, C, T, h, w] latents, timestep [B] (σ·1000), context [B, L, text_dim] T5 features,
-        attention_mask [B, L] (1 = token), mfm_condition [B, 5, F, 8h, 8w] (R, G, B, depth, mask)."""
+        attention_mask [B, L] (1 = token), mfm_condition [B, 5, F, 8h, 8w] (R, G, B, depth, mask).
+        ``adapter_output``: ``self.adapt(condition)`` computed earlier (it does not depend on σ; hosts may cache it)."""
         b, _, t, h, w = x.shape
         p = self.patch
         if h % p or w % p:
             raise ValueError(f"MfM needs latent sizes divisible by the patch {p} (pixel sizes ÷ 16), got {h}×{w}")
         dtype = x.dtype
-        cond = self.condition_for(x) if mfm_condition is None else mfm_condition.to(dtype)
-        if cond.shape[1] != self.condition_channels:
-            raise ValueError(f"the MfM condition has {cond.shape[1]} channels; this model takes "
-                             f"{self.condition_channels} (R, G, B{', depth' if self.use_depth else ''}, mask)")
-        patches, adapted = self.pos_embed(x), self.cond_conv(cond)
+        adapted = self.adapt(self.condition_for(x) if mfm_condition is None else mfm_condition.to(dtype)) \
+            if adapter_output is None else adapter_output
+        patches = self.pos_embed(x)
         if adapted.shape[2:] != patches.shape[2:]:
-            raise ValueError(f"the MfM condition ({cond.shape[2]} frames of {cond.shape[4]}×{cond.shape[3]}) maps to "
-                             f"the token grid {tuple(adapted.shape[2:])}, the latent to {tuple(patches.shape[2:])}: "
-                             f"make the latent from the condition builder's width, height and length")
+            raise ValueError(f"the MfM condition maps to the token grid {tuple(adapted.shape[2:])}, the latent to "
+                             f"{tuple(patches.shape[2:])}: make the latent from the condition builder's width, height "
+                             f"and length")
         tokens = patches + adapted
         grid = (t, h // p, w // p)
         x = tokens.flatten(2).transpose(1, 2)
