@@ -153,6 +153,8 @@ class WorkerPool:
 
     def _wait_all(self, name: str, what: str, timeout: float) -> dict[int, object]:
         """``name/<rank>`` of every worker rank; RankFailure names the ranks that died or never answered."""
+        from comfy.model_management import throw_exception_if_processing_interrupted as interrupted  # Stop works
+
         ch = self.channel
         got: dict[int, object] = {}
         end = time.monotonic() + timeout
@@ -165,9 +167,7 @@ class WorkerPool:
             dead = self.dead_local_rank()
             if dead:
                 raise RankFailure(f"UniMMVSR multi-GPU: {dead} during {what}")
-            import comfy.model_management
-
-            comfy.model_management.throw_exception_if_processing_interrupted()  # Stop while waiting for ranks
+            interrupted()  # Stop while waiting for ranks
             if time.monotonic() > end:
                 missing = [r for r in range(1, self.settings.world_size) if r not in got]
                 kinds = ["local" if r < self.settings.local_ranks else "remote" for r in missing]

@@ -67,7 +67,6 @@ class Session:
             sigmas_index = len(tensors)
             tensors.append(torch.as_tensor(sigmas, dtype=torch.float32))
         config = evaluator.config
-        self.bytes_per_prompt = 0
         pool.command("prompt", tensors=describe(tensors), positive=positive, negative=negative,
                      condition=condition_index, references=refs, sample_sigmas=sigmas_index,
                      aug_t=float(evaluator.aug_t), text_scale=float(evaluator.text_scale),
@@ -75,8 +74,7 @@ class Session:
                      shape=list(evaluator.shape), windows=len(self.windows), shares=self.shares,
                      config={"backbone": config.backbone, "latent_channels": config.latent_channels,
                              "id_start": config.id_start, "video_start": config.video_start})
-        self.guard(lambda: setattr(self, "bytes_per_prompt", broadcast_tensors(tensors, pool_device(pool))))
-        self.steps = 0
+        self.guard(lambda: broadcast_tensors(tensors, pool_device(pool)))
         self.seconds = {"broadcast": 0.0, "windows": 0.0, "reduce": 0.0}   # read by benchmarks/unimmvsr_multi.py
         self.bytes_per_step = 0
 
@@ -98,7 +96,6 @@ class Session:
     def step(self, x: torch.Tensor, timestep, sigma: float, u: float, s_ref: float, model_options: dict) -> torch.Tensor:
         pool, guider, evaluator = self.pool, self.guider, self.evaluator
         ch = pool.channel
-        self.steps += 1
         pool.step_counter += 1       # store keys of a step are unique in the pool's generation
         k = pool.step_counter
         pool.command("step", step=k, sigma=sigma, u=u, s_ref=s_ref, latent_shape=list(x.shape),
@@ -107,8 +104,7 @@ class Session:
         t0 = time.perf_counter()
         sent = self.guard(lambda: broadcast_tensors([x, timestep], device))
         t1 = time.perf_counter()
-        guider.record(event="unimmvsr_shares", step=k, sigma=sigma, shares=self.shares,
-                      bytes_broadcast=sent, bytes_reduced=(x.numel() + x.shape[2] * x.shape[3] * x.shape[4]) * 4)
+        guider.record(event="unimmvsr_shares", step=k, sigma=sigma, shares=self.shares, bytes_broadcast=sent)
         blend = tiling.Blender(x.shape, dtype=torch.float32, device=x.device)
         interrupted, failure = False, None
         try:  # whatever happens on rank 0 now, the workers still meet it in this step's all-reduce

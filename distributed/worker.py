@@ -184,9 +184,6 @@ class Worker:
         flat = torch.cat([blend.total.flatten(), blend.weight.flatten()]).to(self.comm_device())
         dist.all_reduce(flat)
 
-    def do_close(self, number: int, cmd: dict) -> None:
-        raise GroupEnded("closed")
-
     def _trace(self, **fields) -> None:
         if self.trace:
             with open(self.trace, "a", encoding="utf-8") as f:
