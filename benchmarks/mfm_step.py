@@ -24,6 +24,8 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 LATENT = (1, 16, 5, 32, 48)      # 17 frames of 256×384 pixels
 TEXT = 77
 STEPS, REPEATS = 4, 3
+ATTENTION = {"pytorch": "scaled_dot_product_attention: ComfyUI's default on NVIDIA GPUs",
+             "split": "ComfyUI's default on a CPU: logits materialised per head"}
 DIM, LAYERS = 256, 4
 
 
@@ -76,6 +78,14 @@ def adapter_flops(frames: int, height: int, width: int, dim: int) -> float:
 
 
 def main() -> int:
+    if len(sys.argv) == 1:   # both of ComfyUI's attention paths, each in its own process (chosen at import)
+        import subprocess
+
+        for backend in ATTENTION:
+            print(f"== attention: {backend} ({ATTENTION[backend]})", flush=True)
+            subprocess.run([sys.executable, __file__, backend], check=True)
+        return 0
+    backend = sys.argv[1]
     from harness.paths import COMFY_DIR
 
     sys.path.insert(0, COMFY_DIR)
@@ -83,6 +93,8 @@ def main() -> int:
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.use_pytorch_cross_attention = backend == "pytorch"
+    comfy.cli_args.args.use_split_cross_attention = backend == "split"
     comfy.cli_args.args.base_directory = base
     import folder_paths
     import torch

@@ -179,7 +179,21 @@ def load_pipeline(name: str) -> tuple:
     if vae.latent_channels != model.model.diffusion_model.in_channels:
         raise ValueError(f"vae: {vae.latent_channels} latent channels, the transformer takes "
                          f"{model.model.diffusion_model.in_channels}")
+    fit_preview_factors(model, vae)
     return model, clip, vae
+
+
+def fit_preview_factors(model, vae) -> float:
+    """Latent → RGB preview factors for ComfyUI's sampler previews (0.3.75 ships none for this latent space),
+    fitted to this pipeline's own VAE on a few probe images (core/latent_rgb.py). Returns the fit's R²."""
+    from ..core.latent_rgb import fit_latent_rgb, probe_images
+
+    images = probe_images()
+    latent_format = model.model.latent_format
+    latents = latent_format.process_in(vae.encode_images(images))
+    latent_format.latent_rgb_factors, latent_format.latent_rgb_factors_bias, r2 = fit_latent_rgb(latents, images)
+    log.info("MfM: latent preview factors fitted to the pipeline's VAE (R² %.3f on %d probe images)", r2, len(images))
+    return r2
 
 
 class MfMPipelineLoader(io.ComfyNode):

@@ -53,6 +53,14 @@ class CogVideoXVAE:
             latent = self.model.encode(x).latent_dist.mode()
         return latent.float().cpu()
 
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[N, H, W, 3] in [0, 1] → raw latents [N, C, h, w], each image encoded as a one-frame video."""
+        device = self._load()
+        x = images[..., :3].movedim(-1, 1).unsqueeze(2).to(device, self.vae_dtype) * 2.0 - 1.0    # [N, 3, 1, H, W]
+        with torch.no_grad():
+            latent = self.model.encode(x).latent_dist.mode()
+        return latent[:, :, 0].float().cpu()
+
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         if latent.ndim != 5 or latent.shape[1] != self.latent_channels:
             raise ValueError(f"samples: a {self.latent_channels}-channel video latent [B, C, T, h, w] is needed, got "

@@ -106,6 +106,8 @@ class MfMConditionBuilder(io.ComfyNode):
                 io.Int.Output(display_name="width"),
                 io.Int.Output(display_name="height"),
                 io.Int.Output(display_name="length"),
+                io.Float.Output(display_name="cfg", tooltip="The task's guidance (paper: 9; the official "
+                                                            "colorization override: 7): wire it to the sampler's cfg."),
             ],
         )
 
@@ -141,4 +143,4 @@ class MfMConditionBuilder(io.ComfyNode):
         preview = (cond.pixels + 1) / 2
         return io.NodeOutput(cond, cond.positive, cond.negative, preview, 1.0 - cond.keep,
                              normalized_preview(cond.depth), control, control_masks,
-                             cond.pixels.shape[2], cond.pixels.shape[1], cond.frames)
+                             cond.pixels.shape[2], cond.pixels.shape[1], cond.frames, task_from_label(task).cfg)

@@ -201,3 +201,55 @@ def test_the_adapter_output_is_reused_across_steps_and_equals_the_uncached_forwa
     for a, b in zip(outs, plain):   # ComfyUI's attention vs SDPA: float-level differences only
         assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
     assert not torch.allclose(other, outs[0], atol=1e-4)    # a new condition (new id) is not served from the cache
+
+
+@pytest.mark.parametrize("task, cfg", [("text-to-video (t2v)", 9.0), ("image colorization (icolor)", 7.0),
+                                       ("image super-resolution (isr)", 9.0)])
+def test_the_builder_gives_the_tasks_guidance_to_wire_into_the_sampler(comfy, task, cfg):
+    g = Graph()
+    image = g.node("LoadImage", image=EXAMPLE_IMAGE)
+    cond = g.node("UniCascadeMfMCondition", task=task, prompt="a corgi", image=image[0], video=image[0], width=64,
+                  height=48, frames=5, fit="pad", swap_portrait=True, motion_score=5.0, fps=16,
+                  mask_source="input mask", mask_seed=0, depth_mode="none", clip_frames=8)
+    g.node("PreviewAny", node_id="cfg", source=cond[11])
+    entry = comfy.run(g.prompt())
+    assert float(entry["outputs"]["cfg"]["text"][0]) == cfg   # paper 9; official colorization override 7
+
+
+def test_the_shipped_mfm_workflows_take_cfg_from_the_builder_and_the_papers_50_steps():
+    import json
+    import os
+
+    from harness.workflows import WORKFLOW_DIR
+
+    names = ["mfm_t2v", "mfm_i2v", "mfm_video_inpainting", "mfm_video_super_resolution", "mfm_image_super_resolution"]
+    for name in names:
+        with open(os.path.join(WORKFLOW_DIR, f"{name}.json"), encoding="utf-8") as f:
+            wf = json.load(f)
+        nodes = {n["id"]: n for n in wf["nodes"]}
+        sampler = next(n for n in wf["nodes"] if n["type"] == "KSampler")
+        assert sampler["widgets_values"][2] == 50, name
+        link = next(i["link"] for i in sampler["inputs"] if i["name"] == "cfg")
+        origin = next(lk for lk in wf["links"] if lk[0] == link)
+        assert nodes[origin[1]]["type"] == "UniCascadeMfMCondition" and origin[2] == 11, name
+
+
+def test_the_schedule_preview_shows_mfms_shifted_schedule(comfy):
+    import json
+    import math
+
+    steps, lam = 8, 0.3
+    g = Graph()
+    model = g.node("UniCascadeMfMPipelineLoader", pipeline=MFM)
+    sigmas = g.node("BasicScheduler", model=model[0], scheduler="simple", steps=steps, denoise=1.0)
+    preview = g.node("UniCascadeTMASchedulePreview", sigmas=sigmas[0], model=model[0], lambda_txt=lam, lambda_img=0.0,
+                     schedule="cosine", txt_window_end=0.4, img_window_start=0.6)
+    g.node("PreviewAny", node_id="table", source=preview[1])
+    rows = json.loads(comfy.run(g.prompt())["outputs"]["table"]["text"][0])
+    assert len(rows) == steps
+    for i, row in enumerate(rows):
+        t = 1 - i / steps                                  # "simple" on the 1000-entry table: t = 1 − i/steps
+        assert row["sigma"] == pytest.approx(SHIFT * t / (1 + (SHIFT - 1) * t), abs=2e-6)   # the folder's shift
+        assert row["u"] == pytest.approx(i / steps, abs=1e-3)
+        want = 1 + lam / 2 * (1 + math.cos(math.pi * row["u"] / 0.4)) if row["u"] <= 0.4 else 1.0   # eq. 3
+        assert row["alpha_txt"] == pytest.approx(want, abs=1e-5)

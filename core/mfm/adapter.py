@@ -20,16 +20,18 @@ BLOCK_CHANNELS = (16, 32, 96, 256, 512)
 
 class LightAdapter(nn.Module):
     def __init__(self, hidden_size: int, in_channels: int = CONDITION_CHANNELS,
-                 block_channels: tuple[int, ...] = BLOCK_CHANNELS):
+                 block_channels: tuple[int, ...] = BLOCK_CHANNELS, operations=None, device=None, dtype=None):
         super().__init__()
-        self.conv_in = nn.Conv2d(in_channels, block_channels[0], kernel_size=3, padding=1)
+        ops = operations or nn   # a host's casting layers (ComfyUI's lowvram path streams these weights)
+        kw = dict(device=device, dtype=dtype)
+        self.conv_in = ops.Conv2d(in_channels, block_channels[0], kernel_size=3, padding=1, **kw)
         blocks = []
         for i, (c_in, c_out) in enumerate(zip(block_channels[:-1], block_channels[1:])):
-            blocks.append(nn.Conv2d(c_in, c_in, kernel_size=3, padding=1))
-            down = nn.Conv3d if i % 2 == 0 else nn.Conv2d
-            blocks.append(down(c_in, c_out, kernel_size=3, padding=1, stride=2))
+            blocks.append(ops.Conv2d(c_in, c_in, kernel_size=3, padding=1, **kw))
+            down = ops.Conv3d if i % 2 == 0 else ops.Conv2d
+            blocks.append(down(c_in, c_out, kernel_size=3, padding=1, stride=2, **kw))
         self.blocks = nn.ModuleList(blocks)
-        self.conv_out = nn.Conv2d(block_channels[-1], hidden_size, kernel_size=3, padding=1)
+        self.conv_out = ops.Conv2d(block_channels[-1], hidden_size, kernel_size=3, padding=1, **kw)
 
     @staticmethod
     def token_grid(frames: int, height: int, width: int) -> tuple[int, int, int]:

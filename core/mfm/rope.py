@@ -34,8 +34,23 @@ def rope_tables(grid: tuple[int, int, int], head_dim: int, device=None) -> tuple
     return torch.cat(tables_cos, dim=-1), torch.cat(tables_sin, dim=-1)
 
 
+def rotations(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The tables (fp32 or fp64) as one complex rotation per pair, [S, Dh/2]: e^{iθ} = cos θ + i·sin θ."""
+    return torch.complex(cos[:, 0::2], sin[:, 0::2])
+
+
+def rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """``x`` [..., Dh] with each interleaved pair (x₀, x₁) read as x₀ + i·x₁ and multiplied by its rotation
+    (broadcast against [..., Dh/2]; [S, Dh/2] for x [B, H, S, Dh]) — (x₀cos − x₁sin, x₁cos + x₀sin), the official
+    x·cos + rot(x)·sin in one complex product — in the rotation's precision (fp32, or fp64), back to x's dtype."""
+    real = torch.float64 if rotation.dtype == torch.complex128 else torch.float32
+    x_real = x.to(real)
+    if x_real.stride(-1) != 1:
+        x_real = x_real.contiguous()
+    pairs = torch.view_as_complex(x_real.unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` [B, H, S, Dh] by the tables [S, Dh] (interleaved pairs), in fp32, back to x's dtype."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-    return (x.float() * cos + rotated * sin).to(x.dtype)
+    return rotate(x, rotations(cos, sin))

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .adapter import LightAdapter
-from .rope import apply_rope, rope_tables
+from .rope import rope_tables, rotate, rotations
 
 TEXT_PAD_BIAS = -10000.0
 FREQ_CHANNELS = 256
@@ -52,9 +52,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.weight.to(x.device).float() * normed).to(x.dtype)
+        weight = self.weight.to(x.device, torch.float32)
+        return F.rms_norm(x.float(), (x.shape[-1],), weight, self.eps).to(x.dtype)
 
 
 class TimestepMLP(nn.Module):
@@ -118,17 +117,19 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(dim, device=device, dtype=dtype)
 
     def qkv(self, x: torch.Tensor, context: torch.Tensor | None):
+        """q, k, v as [B, S, H, Dh] (QK RMSNorm over the full width, then the head split)."""
         kv = x if context is None else context
         q, k, v = self.q_norm(self.q_proj(x)), self.k_norm(self.k_proj(kv)), self.v_proj(kv)
-        split = lambda t: t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # noqa: E731
+        split = lambda t: t.unflatten(-1, (self.heads, self.head_dim))  # noqa: E731
         return split(q), split(k), split(v)
 
     def forward(self, x, context=None, bias=None, rope=None, rotate_keys=True, attention=None):
         q, k, v = self.qkv(x, context)
-        if rope is not None:
-            q = apply_rope(q, *rope)
+        if rope is not None:   # rotations [S, Dh/2] broadcast over the heads of the still-contiguous [B, S, H, Dh]
+            q = rotate(q, rope[:, None])
             if rotate_keys:
-                k = apply_rope(k, *rope)
+                k = rotate(k, rope[:, None])
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         dtype = q.dtype
         if self.upcast:
             q, k, v = q.float(), k.float(), v.float()
@@ -213,7 +214,8 @@ class MfMTransformer3D(nn.Module):
         self.condition_channels = 5 if use_depth_cond else 4
         self.config = SimpleNamespace(num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim,
                                       num_layers=num_layers, num_block_chunks=num_block_chunks, text_dim=text_dim)
-        self.cond_conv = LightAdapter(dim, in_channels=self.condition_channels).to(device=device, dtype=dtype)
+        self.cond_conv = LightAdapter(dim, in_channels=self.condition_channels, operations=operations, device=device,
+                                      dtype=dtype)
         self.pos_embed = PatchEmbed(in_channels, dim, patch_size, ops, device, dtype)
         self.time_embedder = ConditioningEmbedding(dim, add_motion_score, ops, device, dtype)
         blocks = [TransformerBlock(dim, num_attention_heads, attention_head_dim, text_dim, attention_bias,
@@ -274,7 +276,7 @@ class MfMTransformer3D(nn.Module):
         text_bias = None
         if attention_mask is not None:
             text_bias = ((1 - attention_mask.to(x.device, dtype)) * TEXT_PAD_BIAS)[:, None, None, :]
-        rope = rope_tables(grid, self.head_dim, device=x.device) if self.use_rope else None
+        rope = rotations(*rope_tables(grid, self.head_dim, device=x.device)) if self.use_rope else None
         text = context.to(dtype)
         for block in self.blocks():
             x = block(x, c, text, text_bias, rope, attention)

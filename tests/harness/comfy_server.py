@@ -43,17 +43,19 @@ def prepare_base_directory(base: str, extra_custom_nodes: list[str] = ()) -> Non
 
 
 class ComfyServer:
-    def __init__(self, base: str, port: int | None = None, env: dict | None = None, extra_args: list[str] = ()):
+    def __init__(self, base: str, port: int | None = None, env: dict | None = None, extra_args: list[str] = (),
+                 log_name: str = "server.log"):
         self.base = base
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.client_id = uuid.uuid4().hex
-        self.log_path = os.path.join(base, "server.log")
+        self.log_path = os.path.join(base, log_name)
         self.env = {**os.environ, **(env or {})}
         self.extra_args = list(extra_args)
         self.proc: subprocess.Popen | None = None
         self._ws: websocket.WebSocket | None = None
         self.events: list[tuple[str, dict]] = []
+        self.binary_frames: list[bytes] = []
 
     # -- life cycle -------------------------------------------------------------------------------------
     def start(self, timeout: float = 120.0) -> "ComfyServer":
@@ -148,6 +150,7 @@ class ComfyServer:
         data) stay in ``self.events``."""
         ws = self._websocket()
         self.events: list[tuple[str, dict]] = []
+        self.binary_frames = []
         deadline = time.time() + timeout
         while time.time() < deadline:
             ws.settimeout(max(1.0, deadline - time.time()))
@@ -156,7 +159,8 @@ class ComfyServer:
             except websocket.WebSocketTimeoutException:
                 raise PromptFailed(f"prompt {prompt_id} did not finish within {timeout}s:\n{self.log_tail()}")
             if not isinstance(message, str):
-                continue  # binary preview frames
+                self.binary_frames.append(message)  # preview images (kept for the preview tests)
+                continue
             event = json.loads(message)
             data = event.get("data", {})
             if data.get("prompt_id") != prompt_id:
