@@ -6,7 +6,8 @@ ID image (t = 20) and a reference video (t = 30 …), 16×16 tokens per frame; c
 
 - CPU: FlexAttention compiled (RoPE from positions + group table, core.attention.flex_rope) vs ComfyUI's path:
   RoPE table from ``EmbedND`` + ``apply_rope1`` on q and k, keys × α, ``scaled_dot_product_attention``. Median
-  wall time and peak RSS growth during the calls (sampled every millisecond), each variant in its own process.
+  wall time (the variants called in turn, round after round, in one process) and peak RSS growth during the
+  calls (sampled every millisecond, each variant alone in its own process).
   Target: flex ≤ 1.1× SDPA time.
 - CUDA (when present): the Triton kernel vs SDPA (flash) + separate RoPE, CUDA events and peak allocated memory.
   Target ≤ 1.0×. Without a GPU the script prints the bytes-moved model of one call and says the GPU figures are
@@ -76,8 +77,9 @@ class PeakRSS:
         return (self.peak - self.base) / 2 ** 20
 
 
-def run_variant(variant: str, frames: int, repeats: int, device: str) -> dict:
-    """One variant in this process: {'first_s', 'median_s', 'peak_mb', 'kind'}."""
+def build(frames: int, device: str) -> tuple[dict, object]:
+    """The calls to compare on the same inputs: {variant: fn}, and a check of a variant's result against the
+    unfused path (a benchmark of something wrong is worthless)."""
     from harness.paths import pack_module, use_comfy_in_process
 
     use_comfy_in_process()
@@ -113,34 +115,64 @@ def run_variant(variant: str, frames: int, repeats: int, device: str) -> dict:
             return out_self, out_cross
         return run
 
-    fn = {"sdpa": unfused, "flex": kernels("flex"), "triton": kernels("triton")}[variant]
+    fns = {"sdpa": unfused, "flex": kernels("flex")}
+    if device == "cuda":
+        fns["triton"] = kernels("triton")
 
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
+    def error(result) -> float:
+        ref = unfused()
+        return max((a.float() - b.float()).abs().max().item() for a, b in zip(result, ref))
+    return fns, error
 
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+        torch.cuda.synchronize()
+
+
+def run_timing(frames: int, repeats: int, device: str) -> dict:
+    """Every variant in this process, called in turn each round (so drifts of a shared machine hit all alike):
+    first-call time (compiles) and the median of ``repeats`` rounds."""
+    import torch
+
+    fns, error = build(frames, device)
+    out = {}
     with torch.no_grad():
-        start = time.perf_counter()
-        ref = fn()
-        sync()
-        first = time.perf_counter() - start
-        times = []
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            result = fn()
+            sync(device)
+            out[name] = {"first_s": time.perf_counter() - start, "max_abs_err_vs_sdpa": error(result), "times": []}
+            fn()
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                sync(device)
+                out[name]["times"].append(time.perf_counter() - start)
+    for r in out.values():
+        r["median_s"] = statistics.median(r.pop("times"))
+    return out
+
+
+def run_memory(variant: str, frames: int, repeats: int, device: str) -> float:
+    """Peak memory growth (MB) of one variant alone in this process, after its first call."""
+    import torch
+
+    fns, _ = build(frames, device)
+    fn = fns[variant]
+    with torch.no_grad():
+        fn()
+        sync(device)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         with PeakRSS() as rss:
             for _ in range(repeats):
-                start = time.perf_counter()
                 fn()
-                sync()
-                times.append(time.perf_counter() - start)
-        peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20 if device == "cuda" else rss.growth_mb
-        # same results as the unfused path (a benchmark of something wrong is worthless)
-        qr, kr = apply_rope1(q, freqs), apply_rope1(k, freqs)
-        err = max((ref[0].float() - sdpa(qr, kr, v).float()).abs().max().item(),
-                  (ref[1].float() - sdpa(q, kt * ALPHA, vt).float()).abs().max().item())
-    return {"variant": variant, "device": device, "tokens": L, "first_s": first,
-            "median_s": statistics.median(times), "peak_mb": peak, "max_abs_err_vs_sdpa": err}
+                sync(device)
+    return (torch.cuda.max_memory_allocated() - base) / 2 ** 20 if device == "cuda" else rss.growth_mb
 
 
 def bytes_model(L: int, heads: int, d: int, element: int) -> dict:
@@ -157,8 +189,8 @@ def bytes_model(L: int, heads: int, d: int, element: int) -> dict:
             "qk_bytes_saved": separate - fused, "saved_fraction": (separate - fused) / separate}
 
 
-def child(variant, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--frames", str(args.frames),
+def child(kind, args):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--frames", str(args.frames),
            "--repeats", str(args.repeats), "--device", args.device, "--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -167,27 +199,32 @@ def child(variant, args):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=3, help="target latent frames (plus 1 ID + 2 reference)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default=None)
     parser.add_argument("--child", default=None)
     args = parser.parse_args()
     import torch
     torch.set_num_threads(args.threads)
+    if args.child == "timing":
+        print(json.dumps(run_timing(args.frames, args.repeats, args.device)))
+        return
     if args.child:
-        print(json.dumps(run_variant(args.child, args.frames, args.repeats, args.device)))
+        print(json.dumps(run_memory(args.child, args.frames, 5, args.device)))
         return
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     L = (args.frames + 3) * 256
     print(f"self-attention over {L} tokens ({args.frames} target + 1 ID + 2 reference latent frames of 16×16), "
-          f"{HEADS} heads × {HEAD_DIM}; cross-attention on {TEXT} text keys, α = {ALPHA}; device {args.device}")
-    variants = ["sdpa", "flex"] + (["triton"] if args.device == "cuda" else [])
-    results = {v: child(v, args) for v in variants}
+          f"{HEADS} heads × {HEAD_DIM}; cross-attention on {TEXT} text keys, α = {ALPHA}; device {args.device}; "
+          f"times: median of {args.repeats} rounds, the variants called in turn in one process")
+    results = child("timing", args)
+    for name in results:
+        results[name]["peak_mb"] = child(name, args)
     base = results["sdpa"]["median_s"]
     for v, r in results.items():
         print(f"  {v:7s} median {r['median_s'] * 1e3:8.1f} ms ({r['median_s'] / base:.2f}× sdpa)  first call "
-              f"{r['first_s']:6.1f} s  peak memory growth {r['peak_mb']:7.1f} MB  max |Δ| vs sdpa "
-              f"{r['max_abs_err_vs_sdpa']:.1e}")
+              f"{r['first_s']:6.1f} s  peak memory growth {r['peak_mb']:7.1f} MB (alone in a process)  max |Δ| vs "
+              f"sdpa {r['max_abs_err_vs_sdpa']:.1e}")
     element = 2
     model = bytes_model(L, HEADS, HEAD_DIM, element)
     label = "measured shapes" if args.device == "cuda" else "PROJECTION (no GPU here: nothing below was measured)"

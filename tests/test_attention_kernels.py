@@ -99,8 +99,9 @@ def test_flex_eager_equals_reference(pack, name):
     assert out_err <= tol and lse_err <= 2 * tol, (out_err, lse_err)
 
 
-@pytest.mark.parametrize("name", ["unimmvsr_self_fp32", "tma_cross_fp32"])
+@pytest.mark.parametrize("name", ["unimmvsr_self_fp32", "tma_cross_fp32", "taca_joint_fp32"])
 def test_flex_compiled_equals_reference(pack, name):
+    """Uniform tables (folded into q) and a non-uniform one (read per logit in score_mod), RoPE and none."""
     out_err, _ = run_case(pack, make_case(name, pack), "flex")  # compiled on a CPU: no log-sum-exp (checked eager)
     assert out_err <= FP32_TOL, out_err
 

@@ -253,3 +253,20 @@ def test_the_schedule_preview_shows_mfms_shifted_schedule(comfy):
         assert row["u"] == pytest.approx(i / steps, abs=1e-3)
         want = 1 + lam / 2 * (1 + math.cos(math.pi * row["u"] / 0.4)) if row["u"] <= 0.4 else 1.0   # eq. 3
         assert row["alpha_txt"] == pytest.approx(want, abs=1e-5)
+
+
+def test_sampler_custom_advanced_samples_mfm_like_ksampler(comfy):
+    comfy.run(t2v_graph(f"{comfy.prefix}_ksampler").prompt())
+    g = Graph()
+    model = g.node("UniCascadeMfMPipelineLoader", pipeline=MFM)
+    pos = g.node("CLIPTextEncode", clip=model[1], text="a red cat runs")
+    neg = g.node("CLIPTextEncode", clip=model[1], text="")
+    latent = g.node("EmptyHunyuanLatentVideo", width=64, height=64, length=5, batch_size=1)
+    guider = g.node("CFGGuider", model=model[0], positive=pos[0], negative=neg[0], cfg=9.0)
+    sigmas = g.node("BasicScheduler", model=model[0], scheduler="simple", steps=3, denoise=1.0)
+    out = g.node("SamplerCustomAdvanced", noise=g.node("RandomNoise", noise_seed=1)[0], guider=guider[0],
+                 sampler=g.node("KSamplerSelect", sampler_name="euler")[0], sigmas=sigmas[0], latent_image=latent[0])
+    g.node("SaveLatent", samples=out[0], filename_prefix=f"{comfy.prefix}_custom")
+    comfy.run(g.prompt())
+    custom, ksampler = load_latent(comfy, f"{comfy.prefix}_custom"), load_latent(comfy, f"{comfy.prefix}_ksampler")
+    assert custom.shape == ksampler.shape and torch.allclose(custom, ksampler, atol=1e-5)

@@ -69,14 +69,13 @@ def rope_angles(positions: torch.Tensor, spec: RopeSpec) -> torch.Tensor:
     return positions.float().double()[:, axes.long()] * inv
 
 
-def apply_rope(x: torch.Tensor, positions: torch.Tensor, spec: RopeSpec, heads_first: bool = False) -> torch.Tensor:
-    """``x`` [B, L, H, d] ([B, H, L, d] with ``heads_first``) rotated by ``positions`` [L, 3]: cos/sin of float64 angles stored as float32 and applied
-    in float32, the result in x's dtype (ComfyUI's ``rope`` + ``apply_rope1``). The Triton kernel computes the
-    angles in float32 on the fly instead (≤ ~3e-6 apart at t ≈ 30)."""
+def rope_factors(positions: torch.Tensor, spec: RopeSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(c, s [L, d] float32, partner [d]) such that the rotated x is ``x·c + x[..., partner]·s``: cos/sin of
+    float64 angles stored as float32 (ComfyUI's ``rope``), laid out by the spec's pairing."""
     ang = rope_angles(positions, spec)
     cos, sin = torch.cos(ang).float(), torch.sin(ang).float()          # [L, d/2]
-    d = x.shape[-1]
-    channels = torch.arange(d, device=x.device)
+    d = spec.head_dim
+    channels = torch.arange(d, device=positions.device)
     if spec.pairing == "adjacent":   # channel 2j pairs with 2j+1
         c = cos.repeat_interleave(2, dim=-1)
         s = torch.stack((-sin, sin), dim=-1).flatten(-2)
@@ -85,11 +84,24 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, spec: RopeSpec, heads_f
         c = torch.cat((cos, cos), dim=-1)
         s = torch.cat((-sin, sin), dim=-1)
         partner = (channels + d // 2) % d
-    # first of a pair: c·x1 − s·x2, second: s·x1 + c·x2 — one elementwise 4-D expression (it compiles into a
-    # single loop, and Inductor's FlexAttention lowering takes its output)
+    return c, s, partner
+
+
+def rotate(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, partner: torch.Tensor,
+           heads_first: bool = False) -> torch.Tensor:
+    """``x`` [B, L, H, d] ([B, H, L, d] with ``heads_first``) rotated by ``rope_factors``, in float32, returned
+    in float32: first of a pair c·x1 − s·x2, second s·x1 + c·x2 — one elementwise 4-D expression (it compiles into
+    a single loop, and Inductor's FlexAttention lowering takes its output)."""
     xf = x.float()
     c, s = (c[None, None], s[None, None]) if heads_first else (c[None, :, None], s[None, :, None])
-    return (xf * c + xf[..., partner] * s).to(x.dtype)
+    return xf * c + xf[..., partner] * s
+
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, spec: RopeSpec, heads_first: bool = False) -> torch.Tensor:
+    """``x`` [B, L, H, d] ([B, H, L, d] with ``heads_first``) rotated by ``positions`` [L, 3] in float32, the
+    result in x's dtype (ComfyUI's ``rope`` + ``apply_rope1``). The Triton kernel computes the angles in float32
+    on the fly instead (≤ ~3e-6 apart at t ≈ 30)."""
+    return rotate(x, *rope_factors(positions, spec), heads_first=heads_first).to(x.dtype)
 
 
 def positions_from_freqs(freqs: torch.Tensor, spec: RopeSpec, tolerance: float = 5e-5) -> torch.Tensor | None:
