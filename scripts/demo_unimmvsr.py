@@ -148,7 +148,29 @@ def evaluate(server, base: str, tiny_text_encoder: str, log=print, max_crops: in
                 f"no refs {scores['no_refs']['psnr'][-1]:.2f}, refs {scores['refs']['psnr'][-1]:.2f} dB")
         if len(shown) < 4 and i % (len(crops) // 4 or 1) == 0:
             shown[i] = {"lr": c["lr"], "hr": c["hr"], **outputs}
-    return {"crops": len(crops), "scores": scores, "shown": shown, "reconstruction_psnr": recon}
+    return {"crops": len(crops), "scores": scores, "shown": shown, "reconstruction_psnr": recon,
+            "degradations": [c["degradation"] for c in crops]}
+
+
+DEGRADATION_GROUPS = {"resize (± blur) only": lambda ops: not set(ops) - {"blur", "resize"},
+                      "with noise": lambda ops: "noise" in ops,
+                      "with JPEG": lambda ops: "jpeg" in ops,
+                      "with video compression": lambda ops: "video" in ops}
+
+
+def by_degradation(result: dict) -> dict:
+    """Mean PSNR gains per group of crops sharing a degradation (a crop can be in several groups): where the
+    upscaler's gain over bicubic lives."""
+    psnr = {row: np.array(result["scores"][row]["psnr"]) for row in ROWS}
+    out = {}
+    for name, member in DEGRADATION_GROUPS.items():
+        idx = [i for i, ops in enumerate(result["degradations"]) if member(ops)]
+        if idx:
+            out[name] = {"crops": len(idx),
+                         "bicubic_psnr": float(psnr["bicubic"][idx].mean()),
+                         "no_refs_over_bicubic_vae_db": float((psnr["no_refs"][idx] - psnr["bicubic_vae"][idx]).mean()),
+                         "refs_over_no_refs_db": float((psnr["refs"][idx] - psnr["no_refs"][idx]).mean())}
+    return out
 
 
 def summarise(result: dict) -> tuple[dict, list[str]]:
@@ -185,6 +207,7 @@ def summarise(result: dict) -> tuple[dict, list[str]]:
         "wrong_ref_gains_nothing": r["wrong_ref"]["psnr_ci95"][0] <= r["no_refs"]["psnr"],
     }
     t = metrics["targets"]
+    metrics["by_degradation"] = by_degradation(result)
     rec = metrics["autoencoder_reconstruction_psnr"]
     lines += ["", f"- autoencoder reconstruction of the held-out HR crops: PSNR {rec if rec == 'inf' else f'{rec:.2f}'} dB"
               f"{' (exact)' if rec == 'inf' else ''}",
@@ -193,7 +216,11 @@ def summarise(result: dict) -> tuple[dict, list[str]]:
               f"- with references vs without: {gap_refs:+.2f} dB (target ≥ +0.3: "
               f"{'met' if t['refs_over_no_refs_met'] else 'MISSED'})",
               f"- wrong reference vs none: {wrong_gain:+.2f} dB (target: no gain beyond its interval: "
-              f"{'met' if t['wrong_ref_gains_nothing'] else 'MISSED'})"]
+              f"{'met' if t['wrong_ref_gains_nothing'] else 'MISSED'})",
+              "", "| crops whose LR had | crops | bicubic PSNR | no refs − bicubic → AE | refs − no refs |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {name} | {g['crops']} | {g['bicubic_psnr']:.2f} | {g['no_refs_over_bicubic_vae_db']:+.2f} dB | "
+              f"{g['refs_over_no_refs_db']:+.2f} dB |" for name, g in metrics["by_degradation"].items()]
     return metrics, lines
 
 

@@ -84,3 +84,19 @@ def test_space_to_depth_autoencoder_is_exact_and_speaks_comfyuis_vae_interface()
     assert vae.spacial_compression_encode() == 4 and vae.temporal_compression_decode() is None
     with pytest.raises(ValueError, match="not a multiple of the space-to-depth factor 4"):
         vae.encode(torch.rand(1, 30, 32, 3))
+
+
+def test_gains_by_degradation_group_are_recomputed_per_crop():
+    rows = demo_unimmvsr.ROWS
+    psnr = {"bicubic": [20.0, 21.0, 22.0], "bicubic_vae": [20.0, 21.0, 22.0], "no_refs": [20.5, 21.1, 22.9],
+            "refs": [21.0, 22.0, 23.0], "wrong_ref": [20.4, 21.0, 22.8]}
+    result = {"scores": {r: {"psnr": psnr[r], "ssim": [0.5] * 3} for r in rows},
+              "degradations": [["resize"], ["blur", "resize", "noise"], ["resize", "noise", "jpeg"]]}
+    groups = demo_unimmvsr.by_degradation(result)
+    assert groups["resize (± blur) only"]["crops"] == 1
+    assert groups["resize (± blur) only"]["no_refs_over_bicubic_vae_db"] == pytest.approx(0.5)
+    assert groups["with noise"]["crops"] == 2
+    assert groups["with noise"]["no_refs_over_bicubic_vae_db"] == pytest.approx((0.1 + 0.9) / 2)
+    assert groups["with noise"]["refs_over_no_refs_db"] == pytest.approx((0.9 + 0.1) / 2)
+    assert groups["with JPEG"]["bicubic_psnr"] == pytest.approx(22.0)
+    assert "with video compression" not in groups               # no crop had it
