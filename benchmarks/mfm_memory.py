@@ -43,12 +43,14 @@ MEMORY_PER_LATENT_POSITION = 0.01 * 1024 * 1024   # ComfyUI's memory_required: d
 
 
 class LiveTensorBytes(TorchDispatchMode):
-    """High-water mark of the bytes held by tensors that ops create (views share their base's storage)."""
+    """High-water mark of the bytes held by tensors that ops create (views share their base's storage).
+    ``existing`` tensors (weights, inputs) are not counted, nor are views of them ops return (e.g. a Linear's
+    transposed weight)."""
 
-    def __init__(self):
+    def __init__(self, existing=()):
         super().__init__()
         self.live = self.peak = 0
-        self._seen: set[int] = set()
+        self._seen: set[int] = {id(t.untyped_storage()) for t in existing}
 
     def _freed(self, key: int, nbytes: int) -> None:
         self._seen.discard(key)
@@ -122,10 +124,11 @@ def main() -> None:
     mask = torch.ones(batch, TEXT, device="meta")
     condition = torch.empty(batch, probe.condition_channels, FRAMES, HEIGHT, WIDTH, device="meta", dtype=dtype)
     inputs = sum(a.numel() * a.element_size() for a in (x, context, condition))
+    existing = [*probe.parameters(), x, context, mask, condition]
     with torch.no_grad():
-        with LiveTensorBytes() as adapter_count:
+        with LiveTensorBytes(existing) as adapter_count:
             adapted = probe.adapt(condition)
-        with LiveTensorBytes() as step_count:
+        with LiveTensorBytes(existing + [adapted]) as step_count:
             probe(x, torch.full((batch,), 500.0, device="meta"), context, attention_mask=mask,
                   motion_score=torch.full((batch,), 5.0, device="meta"), attention=flash_allocations,
                   adapter_output=adapted)
@@ -149,7 +152,10 @@ def main() -> None:
     budget = CARD - reserved - 0.8 * GiB - 400 * 2**20        # minimum_inference_memory, extra reserved VRAM
     resident_blocks = max(0, min(layers, int((budget - (weight_bytes - layers * block_bytes)) // block_bytes)))
     streamed = (layers - resident_blocks) * block_bytes
-    flops = 2 * batch * tokens * (weight_bytes / 2) + 4 * batch * layers * tokens * tokens * dim
+    text_dim = probe.config.text_dim
+    per_token = 12 * dim * dim              # q, k, v, o of self-attention; q, o of cross-attention; the 4× MLP
+    flops = batch * layers * (2 * tokens * per_token + 4 * tokens * tokens * dim + 4 * tokens * TEXT * dim
+                              + 2 * TEXT * text_dim * dim * 2)           # + cross-attention's k, v of the text
     print("projected on a 24 GiB GPU (ComfyUI lowvram, not measured):")
     print(f"           {resident_blocks} of {layers} blocks resident, {layers - resident_blocks} streamed: "
           f"{streamed / GiB:.2f} GiB per step over PCIe 4.0 x16 ≈ {streamed / PCIE_BYTES_PER_S:.2f} s")

@@ -23,9 +23,9 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 LATENT = (1, 16, 5, 32, 48)      # 17 frames of 256×384 pixels
 TEXT = 77
-STEPS, REPEATS = 4, 3
+STEPS, REPEATS = 4, 7
 ATTENTION = {"pytorch": "scaled_dot_product_attention: ComfyUI's default on NVIDIA GPUs",
-             "split": "ComfyUI's default on a CPU: logits materialised per head"}
+             "sub_quad": "sub-quadratic attention: ComfyUI's default on a CPU, logits materialised per head in chunks"}
 DIM, LAYERS = 256, 4
 
 
@@ -43,22 +43,29 @@ def matmul_peak() -> float:
     return 2 * 1024 ** 3 / best
 
 
-def step_seconds(model, context) -> float:
+def step_seconds(models: dict, context) -> dict:
+    """Seconds per step of each model: after a warm-up each, the models sample in turn, round after round (so
+    the drifts of a shared machine hit both alike); the median round of each."""
     import comfy.sample
     import torch
 
     noise = torch.randn(LATENT, generator=torch.Generator().manual_seed(0))
     positive = [[context, {}]]
     negative = [[torch.zeros_like(context), {}]]
-    comfy.sample.sample(model, noise, 1, 5.0, "euler", "simple", positive, negative, torch.zeros(LATENT), seed=0,
-                        disable_pbar=True)                      # warm-up (loading, first-call costs)
-    times = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        comfy.sample.sample(model, noise, STEPS, 5.0, "euler", "simple", positive, negative, torch.zeros(LATENT),
+
+    def sample(model, steps):
+        comfy.sample.sample(model, noise, steps, 5.0, "euler", "simple", positive, negative, torch.zeros(LATENT),
                             seed=0, disable_pbar=True)
-        times.append((time.perf_counter() - t0) / STEPS)
-    return statistics.median(times)
+
+    for model in models.values():
+        sample(model, 1)                                         # warm-up (loading, first-call costs)
+    times = {name: [] for name in models}
+    for _ in range(REPEATS):
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            sample(model, STEPS)
+            times[name].append((time.perf_counter() - t0) / STEPS)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def mfm_step_flops(tokens: int, text: int, dim: int, layers: int) -> float:
@@ -93,8 +100,7 @@ def main() -> int:
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
-    comfy.cli_args.args.use_pytorch_cross_attention = backend == "pytorch"
-    comfy.cli_args.args.use_split_cross_attention = backend == "split"
+    comfy.cli_args.args.use_pytorch_cross_attention = backend == "pytorch"   # else ComfyUI's CPU choice
     comfy.cli_args.args.base_directory = base
     import folder_paths
     import torch
@@ -117,8 +123,8 @@ def main() -> int:
     wan = comfy.sd.load_diffusion_model(wan_path)
     context = torch.randn(1, TEXT, 4096, generator=torch.Generator().manual_seed(1))
     peak = matmul_peak()
-    s_mfm = step_seconds(mfm, context)
-    s_wan = step_seconds(wan, context)
+    seconds = step_seconds({"mfm": mfm, "wan": wan}, context)
+    s_mfm, s_wan = seconds["mfm"], seconds["wan"]
     _, _, t, h, w = LATENT
     tokens = t * (h // 2) * (w // 2)
     flops = mfm_step_flops(tokens, TEXT, DIM, LAYERS)

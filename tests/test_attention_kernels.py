@@ -99,9 +99,11 @@ def test_flex_eager_equals_reference(pack, name):
     assert out_err <= tol and lse_err <= 2 * tol, (out_err, lse_err)
 
 
-@pytest.mark.parametrize("name", ["unimmvsr_self_fp32", "tma_cross_fp32", "taca_joint_fp32"])
+@pytest.mark.parametrize("name", ["unimmvsr_self_fp32", "tma_cross_fp32", "taca_joint_fp32", "multi_block_self_fp32",
+                                  "multi_block_cross_fp32"])
 def test_flex_compiled_equals_reference(pack, name):
-    """Uniform tables (folded into q) and a non-uniform one (read per logit in score_mod), RoPE and none."""
+    """Uniform tables (folded into q) and a non-uniform one (read per logit in score_mod), RoPE and none, one
+    kernel block and several with ragged tails (Lq ≠ Lk)."""
     out_err, _ = run_case(pack, make_case(name, pack), "flex")  # compiled on a CPU: no log-sum-exp (checked eager)
     assert out_err <= FP32_TOL, out_err
 
@@ -216,3 +218,16 @@ def test_bad_inputs_keep_the_default_path_with_a_message(pack, wan_t2v, monkeypa
     assert chosen == "default" and "Wan 2.1/2.2" in message and "SD3" in message
     with pytest.raises(ValueError, match="backend: 'cuda' is not one of"):
         backend(pack, wan_t2v, "cuda")
+
+
+def test_flex_serves_more_shapes_than_dynamos_default_recompile_limit(pack):
+    """Each shape is a compiled variant; Dynamo's default (8 per function) would fail the ninth with fullgraph."""
+    fused = pack("core.attention.fused")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for length in range(17, 27):                       # 10 shapes
+            q, k, v = (torch.randn(1, length, 1, 64, generator=g) for _ in range(3))
+            out, _ = fused.rope_attention("flex", q, k, v, groups=fused.GroupTable.uniform(1.1))
+            ref = torch.nn.functional.scaled_dot_product_attention(
+                (q * 1.1).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+            assert torch.allclose(out, ref, atol=1e-5), length

@@ -4,7 +4,8 @@ can be offloaded block by block (ComfyUI's lowvram path)").
 Previews: ComfyUI 0.3.75 ships no latent → RGB factors for MfM's CogVideoX-class latents, so the loader fits them to
 the pipeline's own VAE (core/latent_rgb.py); checked against an independent least-squares solve and through a
 server started with ``--preview-method auto``. Memory: ComfyUI's lowvram load of the MfM model streams every
-weight-bearing module's weights (none is left behind on the offload device uncast) and samples the same numbers.
+weight-bearing module's weights (none is left behind on the offload device uncast) and samples the same numbers
+(both devices are the CPU here: this checks the wiring ComfyUI relies on, not a transfer).
 """
 import io
 import struct
@@ -106,9 +107,12 @@ def test_lowvram_streams_every_weight_and_samples_the_same(pack, comfy_base):
     with torch.no_grad():
         full = model.apply_model(x, sigma, **kwargs)
     patcher.detach()
-    patcher.load(torch.device("cpu"), lowvram_model_memory=patcher.model_size() // 4)
+    patcher.load(torch.device("cpu"), lowvram_model_memory=patcher.model_size() // 2)
     assert patcher.model.model_lowvram
     streamed = {n for n, m in dm.named_modules() if getattr(m, "comfy_cast_weights", False)}
+    resident = {n for n, m in dm.named_modules() if getattr(m, "comfy_cast_weights", None) is False
+                and list(m.parameters(recurse=False))}
+    assert streamed and resident                                      # a partial load, not all or nothing
     blocks = [n for n, _ in dm.named_children() if n == "transformer_blocks"]
     assert blocks and any(n.startswith("transformer_blocks.") for n in streamed)
     assert any(n.startswith("cond_conv.") for n in streamed)          # the light adapter's convs stream too

@@ -20,12 +20,14 @@ from __future__ import annotations
 import threading
 
 import torch
+import torch._dynamo
 from torch.nn.attention.flex_attention import AuxRequest, BlockMask, flex_attention, noop_mask
 
 from .rope3d import RopeSpec, rope_factors, rotate
 
 
 BLOCK_Q, BLOCK_KV = 256, 512
+RECOMPILE_LIMIT = 256          # compiled variants per function (Dynamo's default: 8)
 
 
 def _prepare(q, k, q_rope, k_rope, table, uniform: bool):
@@ -103,10 +105,13 @@ def flex_rope_attention(q, k, v, q_positions, k_positions, rope: RopeSpec | None
         k_rope = q_rope if k_positions is q_positions else rope_factors(k_positions.to(q.device), rope)
     want_lse = not (compiled and q.device.type == "cpu")  # Inductor's CPU FlexAttention cannot return it (2.14)
     uniform = table.numel() == 1 or bool((table == table.flatten()[0]).all())
-    q, k = prepare(q, k, q_rope, k_rope, table, uniform)
-    if k_rope is None:
-        k = k.transpose(1, 2).contiguous()
-    v = v.transpose(1, 2).contiguous()
-    mask = full_block_mask(q.shape[2], k.shape[2], q.device)
-    out, lse = attend(q, k, v, q_groups, k_groups, table, sm_scale, want_lse, mask, uniform)
+    # every shape and kind of call is a compiled variant of the same two functions: Dynamo's default of 8 per
+    # function would end a long session (many window sizes, references, tiles) in a hard error
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        q, k = prepare(q, k, q_rope, k_rope, table, uniform)
+        if k_rope is None:
+            k = k.transpose(1, 2).contiguous()
+        v = v.transpose(1, 2).contiguous()
+        mask = full_block_mask(q.shape[2], k.shape[2], q.device)
+        out, lse = attend(q, k, v, q_groups, k_groups, table, sm_scale, want_lse, mask, uniform)
     return out.contiguous(), (lse.float() if lse is not None else None)

@@ -45,7 +45,7 @@ def rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     x·cos + rot(x)·sin in one complex product — in the rotation's precision (fp32, or fp64), back to x's dtype."""
     real = torch.float64 if rotation.dtype == torch.complex128 else torch.float32
     x_real = x.to(real)
-    if x_real.stride(-1) != 1:
+    if not x_real.is_contiguous():   # view_as_complex needs unit last stride, even other strides and offset
         x_real = x_real.contiguous()
     pairs = torch.view_as_complex(x_real.unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)

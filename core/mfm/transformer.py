@@ -168,11 +168,12 @@ class TransformerBlock(nn.Module):
         dtype = x.dtype
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = \
             self.norm1.linear(F.silu(c)).float().chunk(6, dim=-1)
-        a = (self.norm1.norm(x).float() * (1 + scale_msa[:, None]) + shift_msa[:, None]).to(dtype)
+        # modulate: norm·(1 + scale) + shift; gated residual: x + gate·out (fp32, one fused op each)
+        a = torch.addcmul(shift_msa[:, None], self.norm1.norm(x).float(), 1 + scale_msa[:, None]).to(dtype)
         x = x + (gate_msa[:, None] * self.attn1(a, rope=rope, attention=attention).float()).to(dtype)
         x = x + self.attn2(self.norm2(x), context=text, bias=text_bias, rope=rope, rotate_keys=False,
                            attention=attention)
-        g = (self.norm3(x).float() * (1 + scale_mlp[:, None]) + shift_mlp[:, None]).to(dtype)
+        g = torch.addcmul(shift_mlp[:, None], self.norm3(x).float(), 1 + scale_mlp[:, None]).to(dtype)
         return x + (gate_mlp[:, None] * self.ff(g).float()).to(dtype)
 
 

@@ -85,6 +85,15 @@ def make_case(name, pack):
         table = torch.tensor([[1.0, 0.7], [1.1, 1.4], [0.9, 1.0]])
         return dict(q=rnd(b, L, h, d), k=rnd(b, L, h, d), v=rnd(b, L, h, d), q_pos=pos, k_pos=pos,
                     axes=(16, 24, 24), pairing="half", groups=fused.GroupTable(table, qg, kg), dtype=torch.float32)
+    if name == "multi_block_self_fp32":  # several 256 × 512 kernel blocks with ragged tails; references; α = 1.2
+        pos = torch.cat([grid(3, 10, 15), grid(1, 10, 15, 20), grid(1, 10, 15, 30)])[:700]
+        b, h, d, L = 1, 1, 64, pos.shape[0]
+        return dict(q=rnd(b, L, h, d), k=rnd(b, L, h, d), v=rnd(b, L, h, d), q_pos=pos, k_pos=pos,
+                    axes=wan_axes(d), pairing="adjacent", groups=fused.GroupTable.uniform(1.2), dtype=torch.float32)
+    if name == "multi_block_cross_fp32":  # Lq ≠ Lk over several blocks, no RoPE, α = 1.2
+        b, h, d, lq, lk = 1, 1, 64, 300, 530
+        return dict(q=rnd(b, lq, h, d), k=rnd(b, lk, h, d), v=rnd(b, lk, h, d), q_pos=None, k_pos=None, axes=None,
+                    pairing="adjacent", groups=fused.GroupTable.uniform(1.2), dtype=torch.float32)
     if name in ("unimmvsr_self_bf16", "unimmvsr_self_fp16"):
         pos = unimmvsr_positions()[:33]
         b, h, d, L = 1, 1, 128, pos.shape[0]
