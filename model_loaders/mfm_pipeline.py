@@ -179,7 +179,10 @@ def load_pipeline(name: str) -> tuple:
     if vae.latent_channels != model.model.diffusion_model.in_channels:
         raise ValueError(f"vae: {vae.latent_channels} latent channels, the transformer takes "
                          f"{model.model.diffusion_model.in_channels}")
-    fit_preview_factors(model, vae)
+    try:
+        fit_preview_factors(model, vae)
+    except Exception as e:   # previews are a convenience: never a reason to refuse a pipeline
+        log.warning("MfM: no latent previews (fitting the preview factors failed: %s: %s)", type(e).__name__, e)
     return model, clip, vae
 
 

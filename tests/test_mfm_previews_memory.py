@@ -125,3 +125,13 @@ def test_lowvram_streams_every_weight_and_samples_the_same(pack, comfy_base):
         lowvram = model.apply_model(x, sigma, **kwargs)
     patcher.detach()
     assert torch.equal(full, lowvram)
+
+
+def test_a_failed_preview_fit_only_costs_the_previews(pack, comfy_base, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no probes today")
+
+    monkeypatch.setattr(pack("core.latent_rgb"), "probe_images", broken)
+    model, clip, vae = load(pack, comfy_base)
+    assert model.model.latent_format.latent_rgb_factors is None and vae is not None and clip is not None
+    assert "no latent previews (fitting the preview factors failed: RuntimeError: no probes today)" in caplog.text
