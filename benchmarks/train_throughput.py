@@ -3,7 +3,10 @@
 1. samples/s of the same small config (tiny Wan DiT, 9 frames at 128×128, latents cached after the first pass)
    on 1 rank and on 2 gloo ranks (torchrun), one thread per rank (each rank on one of the 2 cores): the scaling
    efficiency = (2-rank samples/s) / (2 × 1-rank samples/s).
-2. A FLOP-model projection of one training step of Wan 2.1 1.3B (dim 1536, 30 blocks, FFN 8960) at 21 frames
+2. The demo's recipe (configs/unimmvsr/demo.toml: dim 256, 4 blocks, 64×64×5 crops, batch 8, its stage-2 task mix)
+   in one process on both cores: one forward per sample in fp32 (the trainer before shape-grouped micro-batches)
+   against micro-batches of 8 stacked by shape, in fp32 and in bf16 autocast (the demo's setting).
+3. A FLOP-model projection of one training step of Wan 2.1 1.3B (dim 1536, 30 blocks, FFN 8960) at 21 frames
    480p (832×480 → 6×30×52 = 9,360 tokens; 512 text tokens) on one GPU, with and without gradient checkpointing.
 
     .venv/bin/python benchmarks/train_throughput.py
@@ -19,6 +22,7 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 STEPS = 14
+DEMO_STEPS = 36
 STAGE = f"""
 [[stages]]
 name = "bench"
@@ -30,22 +34,59 @@ tasks = {{ t2v = 0.5, mi2v = 0.3, editing = 0.2 }}
 """
 
 
-def run(config: str, out: str, ranks: int) -> float:
+def run(config: str, out: str, ranks: int, sets: tuple = (), warm: int = 4, threads: int = 1) -> float:
     script = os.path.join(REPO, "scripts", "train_unimmvsr.py")
     args = [script, "--config", config, "--set", f'training.output_dir="{out}"',
-            "--set", f"training.micro_batch={4 // ranks}"]
+            "--set", f"training.micro_batch={4 // ranks}", *sets]
     cmd = [sys.executable] + args if ranks == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-port", "29533"] + args
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if done.returncode:
         raise SystemExit(done.stderr[-4000:])
     rates = []
     with open(os.path.join(os.path.dirname(config), out, "metrics.csv"), encoding="utf-8") as f:
         for line in f:
             step, name, value = line.strip().split(",")
-            if name == "samples_per_s" and int(step) > 4:   # after the cache is warm
+            if name == "samples_per_s" and int(step) > warm:   # after the cache is warm
                 rates.append(float(value))
     return statistics.median(rates)
+
+
+def demo_config(root: str, steps: int) -> str:
+    """configs/unimmvsr/demo.toml with absolute paths to the demo's parent, manifest and text cache (written by
+    scripts/demo_train.py's preparation), its last stage only, ``steps`` long."""
+    import tomllib
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from demo_train import CONFIG, WORK, prepare
+
+    prepare(WORK)
+    with open(CONFIG, "rb") as f:
+        cfg = tomllib.load(f)
+    stage = dict(cfg["stages"][-1], steps=steps)
+    lines = [f'[model]\nparent = "{WORK}/parent.safetensors"\nvae = "space_to_depth:4"\ntext_encoder = ""',
+             f'[data]\nmanifest = "{WORK}/train.jsonl"\ntext_cache_dir = "{WORK}/text"']
+    for key in ("scale", "crop", "crop_rescale", "max_id_images", "reference_gap", "reference_augmentation"):
+        lines.append(f"{key} = {toml_value(cfg['data'][key])}")
+    lines.append("[degradation]\n" + "\n".join(f"{k} = {toml_value(v)}" for k, v in cfg["degradation"].items()))
+    lines.append("[training]\n" + "\n".join(f"{k} = {toml_value(v)}" for k, v in cfg["training"].items()
+                                             if k not in ("output_dir", "save_every")) + "\nsave_every = 100000")
+    lines.append("[[stages]]\n" + "\n".join(f"{k} = {toml_value(v)}" for k, v in stage.items()))
+    path = os.path.join(root, "demo_bench.toml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return repr(v)
 
 
 def wan_step_flops(tokens: int, text: int = 512, dim: int = 1536, ffn: int = 8960, layers: int = 30,
@@ -74,7 +115,22 @@ def main() -> None:
     print(f"  1 rank : {one:.2f} samples/s")
     print(f"  2 ranks: {two:.2f} samples/s  → speed-up ×{two / one:.2f}, scaling efficiency {two / (2 * one):.0%}")
 
-    print("2. projection: Wan 2.1 1.3B, 21 frames 480p (9,360 tokens), one sample per GPU per step")
+    print("2. the demo's recipe (dim 256, 4 blocks, 64×64×5, batch 8, stage-2 task mix), one process, 2 threads")
+    config = demo_config(root, DEMO_STEPS)
+    rates = {}
+    for label, micro, precision in (("one forward per sample, fp32", 1, "fp32"),
+                                    ("shape-grouped micro-batch of 8, fp32", 8, "fp32"),
+                                    ("one forward per sample, bf16 autocast", 1, "bf16"),
+                                    ("shape-grouped micro-batch of 8, bf16 autocast", 8, "bf16")):
+        rates[label] = run(config, f"demo_{micro}_{precision}", 1, ("--set", f"training.micro_batch={micro}",
+                                                                     "--set", f'training.mixed_precision="{precision}"'),
+                           warm=DEMO_STEPS // 3, threads=2)
+        print(f"  {label:48s}: {rates[label]:.2f} samples/s")
+    base = rates["one forward per sample, fp32"]
+    for label, rate in list(rates.items())[1:]:
+        print(f"  {label:48s}: ×{rate / base:.2f} over one forward per sample in fp32")
+
+    print("3. projection: Wan 2.1 1.3B, 21 frames 480p (9,360 tokens), one sample per GPU per step")
     tokens = 6 * 30 * 52
     for ck in (False, True):
         flops = wan_step_flops(tokens, checkpointing=ck)

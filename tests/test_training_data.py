@@ -156,3 +156,26 @@ def test_sdedit_with_k_zero_returns_its_input_and_k_steps_change_it(pack, builde
     assert len(sig) == 4 and float(sig[-1]) == 0.0 and float(sig[0]) < 1.0   # the last 3 of 10 steps
     with pytest.raises(ValueError, match="outside"):
         degrader(frames, 11, 1, "")
+
+
+@pytest.mark.parametrize("size,rescale", [((720, 1280), (0.25, 0.6)), ((272, 640), (0.3, 0.9)),
+                                          ((144, 176), ()), ((40, 56), ())])
+def test_a_crop_equals_scaling_the_whole_frames_then_cutting_the_box(pack, size, rescale):
+    """apply_crop touches only the pixels under the box; the result is what resizing the whole frames (area down,
+    bicubic up) and cutting gives, computed here with torch's own interpolate."""
+    samples = pack("training.unimmvsr.samples")
+    h, w = size
+    g = torch.Generator().manual_seed(h)
+    frames = torch.randint(0, 256, (3, h, w, 3), dtype=torch.uint8, generator=g)
+    for seed in range(6):
+        box = samples.crop_box(h, w, 64, 48, "native", np.random.default_rng(seed), rescale)
+        scale, top, left = box
+        nh, nw = max(48, round(h * scale)), max(64, round(w * scale))
+        x = frames.float().div(255).movedim(-1, 1)
+        if (nh, nw) != (h, w):
+            x = torch.nn.functional.interpolate(x, size=(nh, nw), mode="area" if scale < 1 else "bicubic",
+                                                **({} if scale < 1 else {"align_corners": False})).clamp(0, 1)
+        expected = x[:, :, top:top + 48, left:left + 64].movedim(1, -1)
+        got = samples.apply_crop(frames, box, 64, 48)
+        assert got.shape == (3, 48, 64, 3) and got.dtype == torch.float32
+        assert torch.allclose(got, expected, atol=1e-6), (size, seed)

@@ -132,3 +132,47 @@ def test_lora_merge_and_export_load_through_the_loader(pack, tmp_path, variant):
         merged = unimmvsr_forward(dm, dm.unimmvsr_aug_embedding, x, torch.tensor([500.0]), context, aug_t=300.0)
     assert torch.allclose(live, merged, atol=1e-4)
     assert not any("lora" in k for k in loaded.model.diffusion_model.state_dict())
+
+
+def test_a_micro_batch_runs_as_one_forward_per_shape_with_each_samples_own_loss(pack, parent):
+    """The trainer stacks a micro-batch's samples of one shape into one forward (training.micro_batch): each keeps
+    its σ, t_aug, noise seed, prompt and references, so the per-sample losses equal one-by-one forwards."""
+    import types
+    model_mod = pack("training.unimmvsr.model")
+    trainer = pack("training.unimmvsr.trainer")
+    LatentSample = pack("training.unimmvsr.encoding").LatentSample
+    patcher, _, _ = model_mod.load_for_training(parent, model_config(pack, parent), torch.device("cpu"))
+    wan = patcher.model.diffusion_model
+    give_trained_values(wan)
+    module = model_mod.TrainModule(wan).eval()
+    g = torch.Generator().manual_seed(5)
+
+    def sample(refs, context_len=12, frames=2):
+        raw = [(kind, torch.randn(1, 16, n, 6, 8, generator=g)) for kind, n in refs]
+        return LatentSample(torch.randn(1, 16, frames, 6, 8, generator=g), torch.randn(1, 16, frames, 6, 8, generator=g),
+                            raw, torch.randn(1, context_len, 4096, generator=g))
+
+    def draw(i):
+        return types.SimpleNamespace(sigma=0.2 + 0.15 * i, aug_t=100.0 + 37 * i, noise_seed=11 + i)
+
+    drawn = [(draw(0), sample([])), (draw(1), sample([("id_image", 1)])), (draw(2), sample([])),
+             (draw(3), sample([("id_image", 1)])), (draw(4), sample([], context_len=7)),
+             (draw(5), sample([("reference_video", 2)])), (draw(6), sample([("id_image", 1)]))]
+    groups = trainer.group_by_shape(drawn)
+    assert [[drawn.index(d) for d in grp] for grp in groups] == [[0, 2], [1, 3, 6], [4], [5]]
+    assert [len(grp) for grp in trainer.group_by_shape(drawn, batched=False)] == [1] * 7
+    timestep_of = patcher.get_model_object("model_sampling").timestep
+    process_in = patcher.model.process_latent_in
+    args = (process_in, timestep_of, 20, 30, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        for noise in ("gaussian", "lr"):
+            one_by_one = {id(d): float(trainer.flow_matching_loss(module, lat, d, *args, noise=noise))
+                          for d, lat in drawn}
+            for grp in groups:
+                batched = trainer.flow_matching_losses(module, grp, *args, noise=noise)
+                assert batched.shape == (len(grp),)
+                for (d, _), value in zip(grp, batched.tolist()):
+                    assert value == pytest.approx(one_by_one[id(d)], rel=1e-5, abs=1e-7)
+            assert len({round(v, 6) for v in one_by_one.values()}) == len(drawn)  # the comparison can fail
+        with pytest.raises(ValueError, match="mixes reference layouts"):
+            trainer.flow_matching_losses(module, [drawn[0], drawn[1]], *args)

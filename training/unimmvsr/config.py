@@ -64,7 +64,7 @@ class TrainingSettings:
     output_dir: str = "runs/unimmvsr"
     seed: int = 0
     batch_size: int = 32                 # global batch (paper 32) = micro_batch × ranks × accumulation
-    micro_batch: int = 1                 # samples per rank per forward
+    micro_batch: int = 1                 # samples per rank per pass; those of one shape run as one forward
     learning_rate: float = 1e-4          # AdamW (paper)
     lr_schedule: str = "constant"        # constant (paper) | cosine (to final_lr_ratio · learning_rate at the end)
     warmup_steps: int = 0                # linear warm-up steps before the schedule

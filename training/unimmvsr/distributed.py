@@ -78,7 +78,9 @@ def wrap(module: torch.nn.Module, dist: Dist, sharding: str):
         return module
     from torch.nn.parallel import DistributedDataParallel
     return DistributedDataParallel(module, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-                                   find_unused_parameters=False)
+                                   find_unused_parameters=False,
+                                   broadcast_buffers=False)  # no collective in forward: ranks may run different
+                                                             # numbers of shape-grouped forwards per step
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:

@@ -105,16 +105,42 @@ def crop_box(height: int, width: int, out_w: int, out_h: int, mode: str, rng: np
 
 
 def apply_crop(frames: torch.Tensor, box, width: int, height: int) -> torch.Tensor:
-    """[T, h, w, 3] uint8/float → [T, height, width, 3] float in [0, 1] cut by ``crop_box``'s box."""
+    """[T, h, w, 3] uint8/float → [T, height, width, 3] float in [0, 1] cut by ``crop_box``'s box.
+
+    Equal to scaling the whole frames (area when shrinking, bicubic when enlarging) and cutting the box out; a
+    shrink touches only the source pixels under the box (``_area_window``), so big frames cost what the crop costs."""
     scale, top, left = box
     t, h, w, _ = frames.shape
     nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
-    x = frames.float().div(255.0) if frames.dtype == torch.uint8 else frames.float()
-    x = x.movedim(-1, 1)
-    if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode="area" if scale < 1 else "bicubic",
-                          **({} if scale < 1 else {"align_corners": False})).clamp(0, 1)
+    if (nh, nw) == (h, w):
+        return _as_float(frames[:, top:top + height, left:left + width]).contiguous()
+    if nh < h and nw < w:
+        rows, r0 = _area_window(h, nh, top, height)
+        cols, c0 = _area_window(w, nw, left, width)
+        window = _as_float(frames[:, r0:r0 + rows.shape[1], c0:c0 + cols.shape[1]]).movedim(-1, 1)
+        out = torch.einsum("ry,tcyx,sx->tcrs", rows, window, cols)
+        return out.clamp(0, 1).movedim(1, -1).contiguous()
+    x = _as_float(frames).movedim(-1, 1)
+    x = F.interpolate(x, size=(nh, nw), mode="area" if scale < 1 else "bicubic",
+                      **({} if scale < 1 else {"align_corners": False})).clamp(0, 1)
     return x[:, :, top:top + height, left:left + width].movedim(1, -1).contiguous()
+
+
+def _as_float(frames: torch.Tensor) -> torch.Tensor:
+    return frames.float().div(255.0) if frames.dtype == torch.uint8 else frames.float()
+
+
+def _area_window(size: int, out_size: int, start: int, count: int) -> tuple[torch.Tensor, int]:
+    """Area resampling of ``size`` → ``out_size`` samples (PyTorch's adaptive average pooling: output i averages
+    inputs [⌊i·size/out⌋, ⌈(i+1)·size/out⌉)) restricted to outputs [start, start + count): the [count, n] averaging
+    matrix over the n inputs those outputs read, and the first of them."""
+    lo = [(i * size) // out_size for i in range(start, start + count)]
+    hi = [-((-(i + 1) * size) // out_size) for i in range(start, start + count)]
+    first = lo[0]
+    m = torch.zeros(count, hi[-1] - first)
+    for r, (a, b) in enumerate(zip(lo, hi)):
+        m[r, a - first:b - first] = 1.0 / (b - a)
+    return m, first
 
 
 def downsample(frames: torch.Tensor, scale: int) -> torch.Tensor:

@@ -5,7 +5,9 @@ draws a sample (curriculum.sample_rng), its pixels are degraded and encoded (or 
 is flow matching in the backbone's own convention — z_t = (1 − σ)·z_HR + σ·ε, target ε − z_HR (ComfyUI Wan predicts
 ε − x0) — with the LR condition noised in the model's latent space to t_aug ∈ [200, 600] by the sampler's own
 function and fed as the micro-condition, references as the sampler lays them out, and the null prompt 10% of the
-time. AdamW, bf16 autocast, gradient checkpointing, optional EMA, DDP or FSDP2; checkpoints resume exactly.
+time. A micro-batch's samples of one shape (size, prompt length, references) run as one forward, each with its
+own σ, t_aug and noise. AdamW, bf16 autocast, gradient checkpointing, optional EMA, DDP or FSDP2; checkpoints
+resume exactly.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...core.unimmvsr.augmentation import augmentation_noise, lr_condition
-from ...core.unimmvsr.forward import reference_tokens
+from ...core.unimmvsr.forward import ReferenceTokens, reference_tokens
 from . import distributed, manifest, state
 from .curriculum import slot_of, stage_at
 from .encoding import LatentEncoder, LatentSample, TextEncoder
@@ -72,27 +74,63 @@ def data_sha256(items) -> str:
 
 def flow_matching_loss(module, latents: LatentSample, draw, process_in, timestep_of, id_start: int,
                        video_start: int, device, autocast_dtype, noise: str = "gaussian") -> torch.Tensor:
-    """MSE between the prediction and ε − z_HR at σ (the backbone's convention), one sample. ``noise`` says what ε
-    is: gaussian (the paper); zero (at σ = 1 the model regresses −z_HR from the conditions alone); lr — the clean LR
-    latent, so z_1 is the LR video and the target ε − z_HR the residual it lacks."""
-    z0 = process_in(latents.hr.to(device))
-    if noise == "lr":
-        eps = process_in(latents.lr.to(device))
-    else:
-        eps = augmentation_noise(z0.shape, draw.noise_seed).to(device)
-        if noise == "zero":
-            eps = torch.zeros_like(eps)
-    noise_tensor = eps
-    aug_noise = augmentation_noise(z0.shape, draw.noise_seed + 1).to(device)
-    lr = lr_condition(latents.lr.to(device), process_in, draw.aug_t, aug_noise)
-    zt = (1.0 - draw.sigma) * z0 + draw.sigma * noise_tensor
-    refs = reference_tokens([(c, x.to(device)) for c, x in latents.references], z0.shape[2], id_start,
-                            video_start, process_in)
-    timestep = timestep_of(torch.tensor([draw.sigma], device=device))
+    """MSE between the prediction and ε − z_HR at σ (the backbone's convention), one sample (flow_matching_losses
+    with a batch of one)."""
+    return flow_matching_losses(module, [(draw, latents)], process_in, timestep_of, id_start, video_start, device,
+                                autocast_dtype, noise)[0]
+
+
+def flow_matching_losses(module, batch, process_in, timestep_of, id_start: int, video_start: int, device,
+                         autocast_dtype, noise: str = "gaussian") -> torch.Tensor:
+    """Per-sample MSE [B] between the prediction and ε − z_HR at each sample's σ, for ``batch`` = [(draw, latents)]
+    of one shape (``shape_key``) in ONE forward. ``noise`` says what ε is: gaussian (the paper); zero (at σ = 1 the
+    model regresses −z_HR from the conditions alone); lr — the clean LR latent, so z_1 is the LR video and the
+    target ε − z_HR the residual it lacks. Every sample keeps its own σ, t_aug, noise seeds, prompt and references,
+    so a batch computes what the same samples one by one compute (up to float summation order)."""
+    inputs, targets, contexts, references = [], [], [], []
+    for draw, latents in batch:
+        z0 = process_in(latents.hr.to(device))
+        if noise == "lr":
+            eps = process_in(latents.lr.to(device))
+        else:
+            eps = augmentation_noise(z0.shape, draw.noise_seed).to(device)
+            if noise == "zero":
+                eps = torch.zeros_like(eps)
+        aug_noise = augmentation_noise(z0.shape, draw.noise_seed + 1).to(device)
+        lr = lr_condition(latents.lr.to(device), process_in, draw.aug_t, aug_noise)
+        zt = (1.0 - draw.sigma) * z0 + draw.sigma * eps
+        inputs.append(torch.cat([zt, lr], dim=1))
+        targets.append(eps - z0)
+        contexts.append(latents.context.to(device))
+        references.append(reference_tokens([(c, x.to(device)) for c, x in latents.references], z0.shape[2], id_start,
+                                           video_start, process_in))
+    layouts = {None if r is None else r.layout for r in references}
+    if len(layouts) != 1:
+        raise ValueError("flow_matching_losses: a batch mixes reference layouts (group samples by shape_key)")
+    refs = None if references[0] is None else ReferenceTokens(torch.cat([r.latent for r in references]),
+                                                              references[0].layout)
+    timestep = timestep_of(torch.tensor([d.sigma for d, _ in batch], device=device, dtype=torch.float32))
+    aug_t = torch.tensor([d.aug_t for d, _ in batch], device=device, dtype=torch.float32)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32):
-        pred = module(torch.cat([zt, lr], dim=1), timestep, latents.context.to(device),
-                      torch.tensor([draw.aug_t], device=device), refs)
-    return torch.nn.functional.mse_loss(pred.float(), (noise_tensor - z0).float())
+        pred = module(torch.cat(inputs), timestep, torch.cat(contexts), aug_t, refs)
+    return (pred.float() - torch.cat(targets).float()).pow(2).flatten(1).mean(1)
+
+
+def shape_key(latents: LatentSample) -> tuple:
+    """Samples with equal keys stack into one batch: target size, prompt length, reference kinds and sizes."""
+    return (tuple(latents.hr.shape), tuple(latents.context.shape),
+            tuple((kind, tuple(x.shape)) for kind, x in latents.references))
+
+
+def group_by_shape(drawn: list, batched: bool = True) -> list[list]:
+    """[(draw, latents)] → groups that each run as one forward, in order of first appearance (one per sample when
+    ``batched`` is off: FSDP's per-forward all-gathers need the same number of forwards on every rank)."""
+    if not batched:
+        return [[d] for d in drawn]
+    groups: dict = {}
+    for d in drawn:
+        groups.setdefault(shape_key(d[1]), []).append(d)
+    return list(groups.values())
 
 
 class Trainer:
@@ -184,6 +222,7 @@ class Trainer:
         if tr.batch_size % per_step:
             raise ValueError(f"[training] batch_size {tr.batch_size} is not a multiple of micro_batch × ranks = {per_step}")
         accumulation = tr.batch_size // per_step
+        batched = not (dist.active and tr.sharding == "fsdp")  # one forward per shape group of a micro-batch
         result = RunResult(0, "")
         start_step = 0
         resume = state.latest(ckpt_dir)
@@ -214,18 +253,19 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss_sum = 0.0
                 for a in range(accumulation):
-                    for i in range(tr.micro_batch):
-                        slot = slot_of(a, dist.rank, i, tr.micro_batch, dist.world_size)
-                        draw, latents = self._draw_latents(stage_index, stage, step, slot, result.skipped)
-                        last = a == accumulation - 1 and i == tr.micro_batch - 1
+                    drawn = [self._draw_latents(stage_index, stage, step,
+                                                slot_of(a, dist.rank, i, tr.micro_batch, dist.world_size),
+                                                result.skipped) for i in range(tr.micro_batch)]
+                    groups = group_by_shape(drawn, batched)
+                    for g, group in enumerate(groups):
+                        last = a == accumulation - 1 and g == len(groups) - 1
                         sync = getattr(model, "no_sync", None)
                         ctx = sync() if (sync is not None and not last) else _null()
                         with ctx:
-                            loss = flow_matching_loss(model, latents, draw, process_in, timestep_of,
-                                                      cfg.model.id_start, cfg.model.video_start, dist.device, autocast,
-                                                      tr.noise)
-                            (loss / (tr.micro_batch * accumulation)).backward()
-                        loss_sum += float(loss.detach())
+                            losses = flow_matching_losses(model, group, process_in, timestep_of, cfg.model.id_start,
+                                                          cfg.model.video_start, dist.device, autocast, tr.noise)
+                            (losses.sum() / (tr.micro_batch * accumulation)).backward()
+                        loss_sum += float(losses.detach().sum())
                 if tr.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, tr.grad_clip)
                 rate = learning_rate_at(step, cfg.total_steps, tr.learning_rate, tr.lr_schedule, tr.warmup_steps,
