@@ -129,6 +129,10 @@ def main() -> None:
     base = rates["one forward per sample, fp32"]
     for label, rate in list(rates.items())[1:]:
         print(f"  {label:48s}: ×{rate / base:.2f} over one forward per sample in fp32")
+    for precision in ("fp32", "bf16 autocast"):
+        stacked = rates[f"shape-grouped micro-batch of 8, {precision}"]
+        single = rates[f"one forward per sample, {precision}"]
+        print(f"  stacking by shape in {precision}: ×{stacked / single:.2f} over one forward per sample")
 
     print("3. projection: Wan 2.1 1.3B, 21 frames 480p (9,360 tokens), one sample per GPU per step")
     tokens = 6 * 30 * 52

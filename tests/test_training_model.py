@@ -153,7 +153,7 @@ def test_a_micro_batch_runs_as_one_forward_per_shape_with_each_samples_own_loss(
                             raw, torch.randn(1, context_len, 4096, generator=g))
 
     def draw(i):
-        return types.SimpleNamespace(sigma=0.2 + 0.15 * i, aug_t=100.0 + 37 * i, noise_seed=11 + i)
+        return types.SimpleNamespace(sigma=0.1 + 0.13 * i, aug_t=100.0 + 37 * i, noise_seed=11 + i)
 
     drawn = [(draw(0), sample([])), (draw(1), sample([("id_image", 1)])), (draw(2), sample([])),
              (draw(3), sample([("id_image", 1)])), (draw(4), sample([], context_len=7)),

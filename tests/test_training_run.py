@@ -125,21 +125,47 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(workspace):
     assert max(float((whole[k] - start[k]).abs().max()) for k in whole) > 1e-3
 
 
-def test_two_gloo_ranks_equal_one_rank_with_the_doubled_batch_and_fsdp_equals_ddp(workspace):
+def steps_where_ranks_run_different_numbers_of_forwards(pack, config, sets: dict, micro: int) -> list[int]:
+    """Steps at which rank 0 and rank 1 stack their micro-batches into different numbers of shape groups, judged
+    from the draws alone: a rank whose samples are all t2v with the same prompt has exactly one shape; a rank with
+    two tasks has at least two."""
+    cfg = pack("training.unimmvsr.config").load(config, sets)
+    items = pack("training.unimmvsr.manifest").read(cfg.path(cfg.data.manifest))
+    builder = pack("training.unimmvsr.samples").SampleBuilder(cfg, items)
+    curriculum = pack("training.unimmvsr.curriculum")
+    found = []
+    for step in range(cfg.total_steps):
+        index, stage = curriculum.stage_at(cfg.stages, step)
+        kinds = [{(d.task, d.prompt == "") for d in (builder.draw(index, stage, step,
+                                                                  curriculum.slot_of(0, rank, i, micro, 2))
+                                                     for i in range(micro))} for rank in (0, 1)]
+        tasks = [{task for task, _ in k} for k in kinds]
+        if any(kinds[a] and len(kinds[a]) == 1 and tasks[a] == {"t2v"} and len(tasks[1 - a]) > 1 for a in (0, 1)):
+            found.append(step)
+    return found
+
+
+def test_two_gloo_ranks_equal_one_rank_with_the_doubled_batch_and_fsdp_equals_ddp(workspace, pack):
+    """DDP ranks stacking their micro-batches by shape may run different numbers of forwards per step (only the
+    last backward syncs); FSDP keeps one forward per sample. Both equal one rank with the whole batch."""
     root, config = workspace
-    sets = ["--set", 'data.validation_manifest=""', "--set", "training.save_every=100"]
-    cli(config, "--set", 'training.output_dir="one_rank"', "--set", "training.micro_batch=2", *sets)
+    sets = ["--set", 'data.validation_manifest=""', "--set", "training.save_every=100", "--set", "training.batch_size=4"]
+    assert steps_where_ranks_run_different_numbers_of_forwards(
+        pack, config, {"data.validation_manifest": "", "training.batch_size": 4, "training.micro_batch": 2}, 2)
+    cli(config, "--set", 'training.output_dir="one_rank"', "--set", "training.micro_batch=4", *sets)
     for mode in ("ddp", "fsdp"):
-        cli(config, "--set", f'training.output_dir="{mode}"', "--set", "training.micro_batch=1",
+        cli(config, "--set", f'training.output_dir="{mode}"', "--set", "training.micro_batch=2",
             "--set", f'training.sharding="{mode}"', *sets, ranks=2)
     with open(os.path.join(root, "ddp", "ranks.json"), encoding="utf-8") as f:
         ranks = json.load(f)
     assert ranks["world_size"] == 2 and len(set(ranks["parameter_sha256"])) == 1  # identical across ranks
     one, ddp, fsdp = (trained_params(os.path.join(root, d), 12) for d in ("one_rank", "ddp", "fsdp"))
     start = load_file(os.path.join(root, "models", "parent.safetensors"))
-    for k in one:
-        assert torch.allclose(one[k], ddp[k], atol=2e-5, rtol=1e-4), k
-        assert torch.allclose(ddp[k], fsdp[k], atol=2e-5, rtol=1e-4), k
+    for k in one:  # float summation order differs (4 stacked vs 2 + 2 vs 1 + 1 + 1 + 1 per forward) and Adam's
+        # normalisation magnifies it on near-zero gradients to ~5e-5 on a rare element; a rank out of sync is off by
+        # ~lr × steps = 2e-2 on most of them
+        assert torch.allclose(one[k], ddp[k], atol=1e-4, rtol=1e-4), k
+        assert torch.allclose(ddp[k], fsdp[k], atol=1e-4, rtol=1e-4), k
     moved = [k for k in start if "wan." + k in one and one["wan." + k].shape == start[k].shape
              and (one["wan." + k] - start[k].float()).abs().max() > 1e-3]
     assert len(moved) > 10
