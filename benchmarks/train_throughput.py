@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -53,40 +54,20 @@ def run(config: str, out: str, ranks: int, sets: tuple = (), warm: int = 4, thre
 
 
 def demo_config(root: str, steps: int) -> str:
-    """configs/unimmvsr/demo.toml with absolute paths to the demo's parent, manifest and text cache (written by
-    scripts/demo_train.py's preparation), its last stage only, ``steps`` long."""
-    import tomllib
+    """configs/unimmvsr/demo.toml as it is, its relative .cache/demo paths made absolute (the parent, manifest and
+    text cache scripts/demo_train.py prepares) and only its last stage kept, ``steps`` long."""
     sys.path.insert(0, os.path.join(REPO, "scripts"))
     from demo_train import CONFIG, WORK, prepare
 
     prepare(WORK)
-    with open(CONFIG, "rb") as f:
-        cfg = tomllib.load(f)
-    stage = dict(cfg["stages"][-1], steps=steps)
-    lines = [f'[model]\nparent = "{WORK}/parent.safetensors"\nvae = "space_to_depth:4"\ntext_encoder = ""',
-             f'[data]\nmanifest = "{WORK}/train.jsonl"\ntext_cache_dir = "{WORK}/text"']
-    for key in ("scale", "crop", "crop_rescale", "max_id_images", "reference_gap", "reference_augmentation"):
-        lines.append(f"{key} = {toml_value(cfg['data'][key])}")
-    lines.append("[degradation]\n" + "\n".join(f"{k} = {toml_value(v)}" for k, v in cfg["degradation"].items()))
-    lines.append("[training]\n" + "\n".join(f"{k} = {toml_value(v)}" for k, v in cfg["training"].items()
-                                             if k not in ("output_dir", "save_every")) + "\nsave_every = 100000")
-    lines.append("[[stages]]\n" + "\n".join(f"{k} = {toml_value(v)}" for k, v in stage.items()))
+    with open(CONFIG, encoding="utf-8") as f:
+        text = f.read().replace("../../.cache/demo", WORK)
+    head, *stages = text.split("[[stages]]")
+    last = re.sub(r"(?m)^steps = \d+", f"steps = {steps}", stages[-1])
     path = os.path.join(root, "demo_bench.toml")
     with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(head + "[[stages]]" + last)
     return path
-
-
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return f'"{v}"'
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return repr(v)
 
 
 def wan_step_flops(tokens: int, text: int = 512, dim: int = 1536, ffn: int = 8960, layers: int = 30,
@@ -123,7 +104,8 @@ def main() -> None:
                                     ("one forward per sample, bf16 autocast", 1, "bf16"),
                                     ("shape-grouped micro-batch of 8, bf16 autocast", 8, "bf16")):
         rates[label] = run(config, f"demo_{micro}_{precision}", 1, ("--set", f"training.micro_batch={micro}",
-                                                                     "--set", f'training.mixed_precision="{precision}"'),
+                                                                     "--set", f'training.mixed_precision="{precision}"',
+                                                                     "--set", "training.save_every=100000"),
                            warm=DEMO_STEPS // 3, threads=2)
         print(f"  {label:48s}: {rates[label]:.2f} samples/s")
     base = rates["one forward per sample, fp32"]
