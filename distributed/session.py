@@ -67,19 +67,23 @@ class Session:
             sigmas_index = len(tensors)
             tensors.append(torch.as_tensor(sigmas, dtype=torch.float32))
         config = evaluator.config
-        pool.command("prompt", tensors=describe(tensors), positive=positive, negative=negative,
+        number = pool.command("prompt", tensors=describe(tensors), positive=positive, negative=negative,
                      condition=condition_index, references=refs, sample_sigmas=sigmas_index,
                      aug_t=float(evaluator.aug_t), text_scale=float(evaluator.text_scale),
                      tile=list(evaluator.tile) if evaluator.tile else None, overlap=list(evaluator.overlap),
                      shape=list(evaluator.shape), windows=len(self.windows), shares=self.shares,
                      config={"backbone": config.backbone, "latent_channels": config.latent_channels,
                              "id_start": config.id_start, "video_start": config.video_start})
-        self.guard(lambda: broadcast_tensors(tensors, pool_device(pool)))
+        self.guard(lambda: broadcast_tensors(tensors, pool_device(pool)), f"at/{number}", "the prompt's broadcast")
         self.seconds = {"broadcast": 0.0, "windows": 0.0, "reduce": 0.0}   # read by benchmarks/unimmvsr_multi.py
         self.bytes_per_step = 0
 
-    def guard(self, fn):
-        """Run a collective; a failure (a peer gone) ends the pool with the rank named where it can be."""
+    def guard(self, fn, arrival: str, what: str):
+        """Run a collective; a failure (a peer gone or stopped) ends the pool with the rank named.
+
+        Every worker sets ``<arrival>/<rank>`` just before it enters the same collective, so a rank that never got
+        there (dead, hung, stopped by a signal) is named even when no process exited: the collective's own error
+        (a gloo timeout) cannot say which peer it waited for."""
         try:
             return fn()
         except pools.RankFailure:
@@ -88,21 +92,34 @@ class Session:
         except Exception as e:
             if isinstance(e, comfy.model_management.InterruptProcessingException):
                 raise
-            dead = self.pool.dead_local_rank()
+            culprit = self.pool.dead_local_rank() or self._stalled_in(arrival, what)
             pools.discard(self.pool)
-            raise pools.RankFailure(f"UniMMVSR multi-GPU: {dead or 'a rank'} failed during a collective "
+            raise pools.RankFailure(f"UniMMVSR multi-GPU: {culprit or 'a rank failed during ' + what}; the workers "
+                                    f"were stopped and will be restarted by the next prompt "
                                     f"({type(e).__name__}: {e})") from e
+
+    def _stalled_in(self, arrival: str, what: str) -> str | None:
+        """The ranks to blame for a collective that failed with no process gone: those that never arrived, else
+        (two ranks) the only peer, which arrived but made no progress inside it."""
+        world = self.pool.settings.world_size
+        absent = [r for r in range(1, world) if not self.pool.channel.has(f"{arrival}/{r}")]
+        limit = f"{self.pool.settings.timeout:.0f} s"
+        if absent:
+            return f"rank(s) {', '.join(map(str, absent))} made no progress: never reached {what} within {limit}"
+        if world == 2:
+            return f"rank 1 made no progress inside {what} for {limit}"
+        return None
 
     def step(self, x: torch.Tensor, timestep, sigma: float, u: float, s_ref: float, model_options: dict) -> torch.Tensor:
         pool, guider, evaluator = self.pool, self.guider, self.evaluator
         ch = pool.channel
         pool.step_counter += 1       # store keys of a step are unique in the pool's generation
         k = pool.step_counter
-        pool.command("step", step=k, sigma=sigma, u=u, s_ref=s_ref, latent_shape=list(x.shape),
+        number = pool.command("step", step=k, sigma=sigma, u=u, s_ref=s_ref, latent_shape=list(x.shape),
                      latent_dtype=str(x.dtype), timestep_shape=list(timestep.shape), timestep_dtype=str(timestep.dtype))
         device = pool_device(pool)
         t0 = time.perf_counter()
-        sent = self.guard(lambda: broadcast_tensors([x, timestep], device))
+        sent = self.guard(lambda: broadcast_tensors([x, timestep], device), f"at/{number}", f"step {k}'s broadcast")
         t1 = time.perf_counter()
         guider.record(event="unimmvsr_shares", step=k, sigma=sigma, shares=self.shares, bytes_broadcast=sent)
         blend = tiling.Blender(x.shape, dtype=torch.float32, device=x.device)
@@ -127,7 +144,7 @@ class Session:
         interrupted = interrupted or ch.has(f"abort/{k}")
         t2 = time.perf_counter()
         flat = torch.cat([blend.total.flatten(), blend.weight.flatten()]).to(device)
-        self.guard(lambda: torch.distributed.all_reduce(flat))
+        self.guard(lambda: torch.distributed.all_reduce(flat), f"reduce/{number}", f"step {k}'s all-reduce")
         t3 = time.perf_counter()
         self.seconds["broadcast"] += t1 - t0
         self.seconds["windows"] += t2 - t1

@@ -19,6 +19,27 @@ from .wire import Channel, receive_tensors, unpack_conds
 
 log = logging.getLogger("UniCascade")
 OPEN_KEY = "unicascade/open"
+FAULTS_ENV = "UNICASCADE_TEST_FAULTS"   # tests only: a file naming a point where this worker stops itself
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for the failure tests: when ``$UNICASCADE_TEST_FAULTS`` names a file whose text is ``name``,
+    the file is emptied and this process stops itself (SIGSTOP), as a hung rank would, at a point a signal from
+    outside cannot be timed to hit. Unset (every real run), this does nothing."""
+    path = os.environ.get(FAULTS_ENV)
+    if not path:
+        return
+    try:
+        with open(path, "r+", encoding="utf-8") as f:
+            if f.read().strip() != name:
+                return
+            f.seek(0)
+            f.truncate()
+    except OSError:
+        return
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSTOP)
 
 
 class GroupEnded(Exception):
@@ -105,6 +126,7 @@ class Worker:
         self.channel.set(f"loaded/{number}/{self.rank}", answer)
 
     def do_prompt(self, number: int, cmd: dict) -> None:
+        self.channel.set(f"at/{number}/{self.rank}", True)   # rank 0 names the ranks that never arrived
         tensors = receive_tensors(cmd["tensors"], self.comm_device())
         self.state, self.prompt_error = None, "no model loaded (its loading failed)"
         if self.model is None:
@@ -152,6 +174,7 @@ class Worker:
         from ..core.unimmvsr import tiling
 
         k = cmd["step"]
+        self.channel.set(f"at/{number}/{self.rank}", True)
         x, timestep = receive_tensors([{"shape": cmd["latent_shape"], "dtype": cmd["latent_dtype"]},
                                        {"shape": cmd["timestep_shape"], "dtype": cmd["timestep_dtype"]}],
                                       self.comm_device())
@@ -182,6 +205,9 @@ class Worker:
                 blend = tiling.Blender(x.shape, dtype=torch.float32, device=x.device)
         self.channel.set(f"fin/{k}/{self.rank}", {"error": error})
         flat = torch.cat([blend.total.flatten(), blend.weight.flatten()]).to(self.comm_device())
+        fault_point("before the all-reduce")
+        self.channel.set(f"reduce/{number}/{self.rank}", True)
+        fault_point("in the all-reduce")
         dist.all_reduce(flat)
 
     def _trace(self, **fields) -> None:

@@ -73,9 +73,10 @@ def comfy_server(comfy_base):
     from harness.comfy_server import ComfyServer
 
     trace = os.path.join(comfy_base, "trace.jsonl")
-    server = ComfyServer(comfy_base, env={"UNICASCADE_TRACE_FILE": trace})
+    faults = os.path.join(comfy_base, "worker_faults.txt")   # read by distributed/worker.py's fault_point
+    server = ComfyServer(comfy_base, env={"UNICASCADE_TRACE_FILE": trace, "UNICASCADE_TEST_FAULTS": faults})
     server.start()
-    server.trace = Trace(trace)
+    server.trace, server.faults = Trace(trace), faults
     yield server
     server.stop()
 
