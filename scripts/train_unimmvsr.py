@@ -5,7 +5,8 @@
     # 8 GPUs on one machine (DDP; [training] sharding = "fsdp" for the 14B backbone)
     torchrun --nproc-per-node 8 scripts/train_unimmvsr.py --config configs/unimmvsr/paper.toml
 
-Options: --set section.key=value overrides the config (TOML values: --set training.lora_rank=32);
+Options: --set section.key=value overrides the config (TOML values: --set training.lora_rank=32; one stage:
+--set stages.1.steps=11000);
 --comfyui PATH points at the ComfyUI folder (default: the one this pack is installed in, else .build/comfyui);
 --stop-after N ends the run after N optimizer steps (a checkpoint is written; run again to resume).
 The run resumes from the newest checkpoint in <output_dir>/checkpoints by itself.

@@ -60,13 +60,15 @@ def test_committed_checkpoint_runs_its_shipped_workflow_on_the_server(comfy):
 
 def test_the_demo_training_command_cut_short_writes_the_same_layout(tmp_path):
     out = subprocess.run([PYTHON, os.path.join(REPO, "scripts", "demo_train.py"), "--stop-after", "2",
-                          "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")],
+                          "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                          "--set", "stages.1.steps=11000"],   # the longer run's override reaches the trainer
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     meta, shapes = header(str(tmp_path / "out" / os.path.basename(DEMO_CHECKPOINT)))
     committed_meta, committed_shapes = header(DEMO_CHECKPOINT)
     assert shapes == committed_shapes
     assert meta["unimmvsr_train_steps"] == "2"
+    assert "--set stages.1.steps=11000" in meta["unimmvsr_train_command"]   # recorded with the checkpoint
     assert {k for k in meta if k != "unimmvsr_train_steps"} == {k for k in committed_meta if k != "unimmvsr_train_steps"}
     assert meta["unimmvsr_train_data_sha256"] == committed_meta["unimmvsr_train_data_sha256"]
     assert os.path.getsize(tmp_path / "out" / "unimmvsr_demo_training_loss.png") > 1000

@@ -29,6 +29,18 @@ def test_the_papers_curriculum_parses(config_module):
     assert cfg.degradation.sdedit_k == (5, 15) and cfg.model.shift == 1.0
 
 
+def test_set_overrides_reach_one_stage_and_bad_indexes_are_named(config_module):
+    path = os.path.join(REPO, "configs", "unimmvsr", "demo.toml")
+    base = config_module.load(path)
+    longer = config_module.load(path, {"stages.1.steps": 11000, "training.learning_rate": 5e-4})
+    assert [s.steps for s in longer.stages] == [base.stages[0].steps, 11000]
+    assert longer.total_steps == base.stages[0].steps + 11000 and longer.training.learning_rate == 5e-4
+    assert longer.stages[1].tasks == base.stages[1].tasks
+    for bad in ("stages.2.steps", "stages.x.steps", "stages.1", "stage.1.steps"):
+        with pytest.raises(config_module.ConfigError, match=re.escape(f"--set {bad}")):
+            config_module.load(path, {bad: 1})
+
+
 @pytest.mark.parametrize("change, message", [
     ({"stages": [{"name": "a", "steps": 1, "frames": 20, "width": 64, "height": 64}]}, "frames 20 is not 4n+1"),
     ({"stages": [{"name": "a", "steps": 1, "frames": 5, "width": 64, "height": 64, "tasks": {"sr": 1}}]},

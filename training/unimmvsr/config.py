@@ -209,7 +209,7 @@ def parse(data: dict, source: str = "", base_dir: str = "") -> TrainConfig:
 
 
 def load(path: str, overrides: dict | None = None) -> TrainConfig:
-    """Read a TOML config; ``overrides`` maps "section.key" to a value (the CLI's --set)."""
+    """Read a TOML config; ``overrides`` maps "section.key" or "stages.<index>.key" to a value (the CLI's --set)."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -219,7 +219,15 @@ def load(path: str, overrides: dict | None = None) -> TrainConfig:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
+        if section == "stages":  # stages.<index>.<key>: one stage of the curriculum (e.g. a longer run's steps)
+            index, _, key = key.partition(".")
+            stages = data.get("stages", [])
+            _check(index.isdigit() and int(index) < len(stages) and bool(key),
+                   f"--set {dotted}: use stages.<index>.key with an index below {len(stages)}")
+            stages[int(index)][key] = value
+            continue
         _check(bool(key) and section in ("model", "data", "degradation", "training"),
-               f"--set {dotted}: use section.key with section model, data, degradation or training")
+               f"--set {dotted}: use section.key with section model, data, degradation, training or "
+               f"stages.<index>")
         data.setdefault(section, {})[key] = value
     return parse(data, os.path.abspath(path), os.path.dirname(os.path.abspath(path)))
