@@ -191,3 +191,84 @@ def test_a_crop_equals_scaling_the_whole_frames_then_cutting_the_box(pack, size,
         got = samples.apply_crop(frames, box, 64, 48)
         assert got.shape == (3, 48, 64, 3) and got.dtype == torch.float32
         assert torch.allclose(got, expected, atol=1e-6), (size, seed)
+
+
+def _plan_by_hand(frames: np.ndarray, applied: list, temporal: bool = True) -> np.ndarray:
+    """[T, H, W, 3] numpy frames transformed as a sample's record says (independently of samples.augment)."""
+    for op in applied:
+        if op == "hflip":
+            frames = frames[:, :, ::-1]
+        elif op == "vflip":
+            frames = frames[:, ::-1]
+        elif op == "transpose":
+            frames = np.swapaxes(frames, 1, 2)
+    channels = [op for op in applied if op.startswith("channels")]
+    if channels:
+        frames = frames[..., eval(channels[0][len("channels"):])]   # the recorded order, e.g. "channels[2, 0, 1]"
+    if temporal and "reverse" in applied:
+        frames = frames[::-1]
+    return np.ascontiguousarray(frames)
+
+
+def test_augmentations_transform_the_target_and_its_references_alike(pack, builder):
+    """[data] augmentations: each flip/transpose/reversal on about half the samples, channel orders all six; the
+    target window, its ID frames and its reference video are cut from the clip at the recorded box and transformed
+    as the record says; the same draw without augmentations is the same crop untransformed; validation samples are
+    never augmented."""
+    import dataclasses
+    samples = pack("training.unimmvsr.samples")
+    cfg, plain = builder
+    names = ("hflip", "vflip", "transpose", "reverse", "channels")
+    # drawn afresh per sample (no latent cache: a cache keeps cache_variants fixed draws per clip); Table 3 off so the
+    # ID images stay pixel-aligned
+    data = dataclasses.replace(cfg.data, cache_dir="", reference_augmentation=False)
+    plain = samples.SampleBuilder(dataclasses.replace(cfg, data=data), plain.items)
+    b = samples.SampleBuilder(dataclasses.replace(cfg, data=dataclasses.replace(data, augmentations=names)), plain.items)
+    stage = cfg.stages[1]
+    counts, orders, tasks = dict.fromkeys(names[:4], 0), set(), set()
+    n = 240
+    for slot in range(n):
+        d = b.draw(1, stage, 3, slot)
+        s = b.pixels(d, stage)
+        applied = s.record["augmentation"]
+        for name in names[:4]:
+            counts[name] += name in applied
+        orders.add(next(op for op in applied if op.startswith("channels")))
+        if slot >= 40 or (d.task == "mi2v" and d.item.id_images):
+            continue
+        tasks.add(d.task)
+        video = samples.decode(d.item.video)
+        start, box = s.record["start"], s.record["box"]
+        clip = lambda a, k: samples.apply_crop(video[a:a + k], box, stage.width, stage.height).numpy()  # noqa: E731
+        assert np.array_equal(s.hr.numpy(), _plan_by_hand(clip(start, stage.frames), applied)), slot
+        if d.task == "mi2v":
+            for image, frame in zip(s.id_images, s.record["id_frames"]):
+                assert np.array_equal(image.numpy(), _plan_by_hand(clip(frame, 1), applied, temporal=False))
+        if d.task == "editing":
+            ref = s.reference_video.numpy()
+            assert np.array_equal(ref, _plan_by_hand(clip(s.record["reference_start"], ref.shape[0]), applied))
+        # the plain builder's sample of the same draw is the same crop, untransformed
+        p = plain.pixels(d, stage)
+        assert "augmentation" not in p.record and (p.record["start"], p.record["box"]) == (start, box)
+        assert np.array_equal(s.hr.numpy(), _plan_by_hand(p.hr.numpy(), applied))
+    assert tasks == {"t2v", "mi2v", "editing"}
+    sd = math.sqrt(n * 0.25)
+    for name, count in counts.items():
+        assert abs(count - n / 2) < 4 * sd, (name, count)
+    assert len(orders) == 6
+    val = b.build_validation(plain.items[0], stage, "mi2v", seed=1)
+    assert "augmentation" not in val.record
+    assert torch.equal(val.hr, plain.build_validation(plain.items[0], stage, "mi2v", seed=1).hr)
+
+
+@pytest.mark.parametrize("augmentations, message", [
+    (["hflip", "rotate"], "augmentations: distinct names among hflip, vflip, transpose, reverse, channels"),
+    (["hflip", "hflip"], "augmentations: distinct names"),
+    ("hflip", "augmentations: expected a list of names"),
+    (["transpose"], "transpose needs square crops"),
+])
+def test_bad_augmentations_are_named(config_module, augmentations, message):
+    data = {"model": {"parent": "p", "vae": "v"}, "data": {"manifest": "m", "augmentations": augmentations},
+            "stages": [{"name": "a", "steps": 1, "frames": 5, "width": 128, "height": 64}]}
+    with pytest.raises(config_module.ConfigError, match=re.escape(message)):
+        config_module.parse(data)

@@ -13,6 +13,8 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+AUGMENTATIONS = ("hflip", "vflip", "transpose", "reverse", "channels")  # samples.augment applies them
+
 TASKS = ("t2v", "mi2v", "editing")
 
 
@@ -46,6 +48,9 @@ class DataConfig:
     crop_rescale: tuple = ()             # [lo, hi]: scale each clip by a random factor first (multi-scale crops)
     crop: str = "native"                 # native: random crops of the clip's own pixels (scaled up only if smaller);
                                          # cover: the whole frame scaled to cover the stage size, then cropped
+    augmentations: tuple = field(default_factory=tuple)  # per-sample data augmentation (samples.AUGMENTATIONS): hflip, vflip,
+                                         # transpose, reverse, channels — each applied with probability 1/2 (a random
+                                         # channel order for "channels") to the target window and its references alike
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,13 @@ def parse(data: dict, source: str = "", base_dir: str = "") -> TrainConfig:
     _check(tr.warmup_steps >= 0 and 0 <= tr.final_lr_ratio <= 1,
            "[training] need warmup_steps ≥ 0 and final_lr_ratio in [0, 1]")
     _check(tr.noise in ("gaussian", "zero", "lr"), "[training] noise: gaussian, zero or lr")
+    _check(isinstance(dat.augmentations, (list, tuple)) and all(isinstance(a, str) for a in dat.augmentations),
+           f"[data] augmentations: expected a list of names, got {dat.augmentations!r}")
+    dat = dataclasses.replace(dat, augmentations=tuple(dat.augmentations))
+    _check(all(a in AUGMENTATIONS for a in dat.augmentations) and len(set(dat.augmentations)) == len(dat.augmentations),
+           f"[data] augmentations: distinct names among {', '.join(AUGMENTATIONS)}")
+    _check("transpose" not in dat.augmentations or all(st.width == st.height for st in stages),
+           "[data] augmentations: transpose needs square crops (every stage's width = height)")
     _check(len(dat.crop_rescale) in (0, 2) and all(0 < v for v in dat.crop_rescale), "[data] crop_rescale: [] or [lo, hi] > 0")
     _check(len(dat.reference_gap) in (0, 2) and (not dat.reference_gap or 1 <= dat.reference_gap[0] <= dat.reference_gap[1]),
            "[data] reference_gap: [] or [min, max] frames with 1 ≤ min ≤ max")

@@ -151,6 +151,36 @@ def downsample(frames: torch.Tensor, scale: int) -> torch.Tensor:
     return x.movedim(1, -1).contiguous()
 
 
+def augmentation_plan(names: tuple, rng: np.random.Generator) -> dict:
+    """The augmentations one sample gets (``[data] augmentations``): each named flip/transpose/reversal with
+    probability 1/2, a uniformly random channel order for ``channels``. Nothing is drawn when none is named, so
+    configs without augmentation keep their exact sample sequence."""
+    plan = {}
+    for name in names:
+        if name == "channels":
+            plan[name] = [int(c) for c in rng.permutation(3)]
+        else:
+            plan[name] = bool(rng.random() < 0.5)
+    return plan
+
+
+def augment(frames: torch.Tensor, plan: dict, temporal: bool = True) -> torch.Tensor:
+    """Apply a plan to [T, H, W, 3] frames: the dihedral flips/transposition of the crop, the channel order and (for
+    the target window, ``temporal``) the reversal of time. The same plan on the target and its references keeps
+    them aligned."""
+    if plan.get("hflip"):
+        frames = frames.flip(2)
+    if plan.get("vflip"):
+        frames = frames.flip(1)
+    if plan.get("transpose"):
+        frames = frames.transpose(1, 2)
+    if "channels" in plan:
+        frames = frames[..., plan["channels"]]
+    if temporal and plan.get("reverse"):
+        frames = frames.flip(0)
+    return frames.contiguous()
+
+
 class SampleBuilder:
     """Draws pixel samples for a config; ``sdedit(frames, k, seed)`` degrades LR frames with the base model."""
 
@@ -221,7 +251,11 @@ class SampleBuilder:
         box = crop_box(video.shape[1], video.shape[2], stage.width, stage.height, cfg.data.crop,
                        None if centred else rng, cfg.data.crop_rescale)
         hr = apply_crop(video[start:start + n], box, stage.width, stage.height)
-        record = {"start": start}
+        record = {"start": start, "box": box}
+        plan = augmentation_plan(cfg.data.augmentations, rng) if cfg.data.augmentations and not centred else {}
+        if plan:
+            hr = augment(hr, plan)
+            record["augmentation"] = [k if k != "channels" else f"channels{v}" for k, v in plan.items() if v]
         deg = cfg.degradation
         lr, factor = hr, scale          # what is left to downsample by the synthetic resize
         if self.sdedit is not None and rng.random() < deg.sdedit_probability:
@@ -246,7 +280,9 @@ class SampleBuilder:
                 if not outside:
                     raise SampleError("no frame outside the target window to take an ID image from")
                 picks = [int(outside[int(rng.integers(len(outside)))]) for _ in range(count)]
-                images = [apply_crop(video[i:i + 1], box, stage.width, stage.height)[0] for i in picks]
+                record["id_frames"] = picks
+                images = [augment(apply_crop(video[i:i + 1], box, stage.width, stage.height), plan, temporal=False)[0]
+                          for i in picks]
             for image in images:
                 seed = int(rng.integers(2**31))
                 if cfg.data.reference_augmentation:
@@ -266,6 +302,7 @@ class SampleBuilder:
                 s = shift_reference_video_start(ref.shape[0], want, int(rng.integers(2**31)))
             else:  # a random start among the segments outside the window (the start-frame shift)
                 s = starts[shift_reference_video_start(len(starts), 1, int(rng.integers(2**31)))]
-            frames = apply_crop(ref[s:s + want], ref_box, stage.width, stage.height)
+            record["reference_start"] = s
+            frames = augment(apply_crop(ref[s:s + want], ref_box, stage.width, stage.height), plan)
             sample.reference_video = pad_to(frames, stage.width, stage.height)
         return sample
