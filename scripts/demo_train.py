@@ -77,7 +77,7 @@ def loss_plot(metrics_csv: str, png: str) -> None:
         mean = [(s, sum(v for _, v in losses[max(0, i - 19):i + 1]) / len(losses[max(0, i - 19):i + 1]))
                 for i, (s, _) in enumerate(losses)]
         d.line([xy(s, v) for s, v in mean], fill=(20, 60, 160), width=2)
-        d.text((pad, 8), f"UniMMVSR demo: training loss (blue: 20-step mean), steps 1–{last}", fill="black")
+        d.text((pad, 8), f"UniMMVSR demo: training loss (blue: 20-step mean), steps 1-{last}", fill="black")
         d.text((4, pad - 6), f"{hi:.3f}", fill="black")
         d.text((4, h - pad - 6), f"{lo:.3f}", fill="black")
     d.rectangle([pad, pad, w - pad, h - pad], outline="black")
