@@ -48,7 +48,7 @@ class DataConfig:
     crop_rescale: tuple = ()             # [lo, hi]: scale each clip by a random factor first (multi-scale crops)
     crop: str = "native"                 # native: random crops of the clip's own pixels (scaled up only if smaller);
                                          # cover: the whole frame scaled to cover the stage size, then cropped
-    augmentations: tuple = field(default_factory=tuple)  # per-sample data augmentation (samples.AUGMENTATIONS): hflip, vflip,
+    augmentations: tuple = field(default_factory=tuple)  # per-sample augmentations (AUGMENTATIONS; samples.augment): hflip, vflip,
                                          # transpose, reverse, channels — each applied with probability 1/2 (a random
                                          # channel order for "channels") to the target window and its references alike
 
