@@ -1,6 +1,7 @@
 """The trainer's data side (UniMMVSR §3.3–3.4, A.4): the paper's curriculum config, task and stage frequencies over
 thousands of draws, samples per task (references padded as the References node pads them, LR upsampled as the
 Upsampler does), SDEdit with k = 0 returning its input, and the determinism that exact resume relies on."""
+import json
 import math
 import re
 import os
@@ -204,7 +205,7 @@ def _plan_by_hand(frames: np.ndarray, applied: list, temporal: bool = True) -> n
             frames = np.swapaxes(frames, 1, 2)
     channels = [op for op in applied if op.startswith("channels")]
     if channels:
-        frames = frames[..., eval(channels[0][len("channels"):])]   # the recorded order, e.g. "channels[2, 0, 1]"
+        frames = frames[..., json.loads(channels[0][len("channels"):])]   # the recorded order, e.g. "channels[2, 0, 1]"
     if temporal and "reverse" in applied:
         frames = frames[::-1]
     return np.ascontiguousarray(frames)
