@@ -211,11 +211,11 @@ def summarise(result: dict) -> tuple[dict, list[str]]:
     rec = metrics["autoencoder_reconstruction_psnr"]
     lines += ["", f"- autoencoder reconstruction of the held-out HR crops: PSNR {rec if rec == 'inf' else f'{rec:.2f}'} dB"
               f"{' (exact)' if rec == 'inf' else ''}",
-              f"- no references vs bicubic → autoencoder: {gap_no_refs:+.2f} dB (target ≥ +0.5: "
+              f"- no references vs bicubic → autoencoder: {gap_no_refs:+.3f} dB (target ≥ +0.5: "
               f"{'met' if t['no_refs_over_bicubic_vae_met'] else 'MISSED'})",
-              f"- with references vs without: {gap_refs:+.2f} dB (target ≥ +0.3: "
+              f"- with references vs without: {gap_refs:+.3f} dB (target ≥ +0.3: "
               f"{'met' if t['refs_over_no_refs_met'] else 'MISSED'})",
-              f"- wrong reference vs none: {wrong_gain:+.2f} dB (target: no gain beyond its interval: "
+              f"- wrong reference vs none: {wrong_gain:+.3f} dB (target: no gain beyond its interval: "
               f"{'met' if t['wrong_ref_gains_nothing'] else 'MISSED'})",
               "", "| crops whose LR had | crops | bicubic PSNR | no refs − bicubic → AE | refs − no refs |",
               "|---|---|---|---|---|"]

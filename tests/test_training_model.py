@@ -1,9 +1,12 @@
 """The trainer's model against the sampler's (UniMMVSR §3.2; issue "One model, two users"): the trainer's forward,
 turned into x0 by ComfyUI's own formula, equals what the sampling path's model call returns, bit for bit, with
 and without references; the trainer's parent loading, LoRA merge and export round-trip through the loader."""
+import os
+
 import pytest
 import torch
 
+from harness.paths import REPO
 from harness.tiny_models import WAN_VARIANTS, WAN22_TI2V, build_wan
 
 
@@ -27,6 +30,19 @@ def give_trained_values(wan, seed=1):
         w[:, w.shape[1] // 2:] = torch.randn(w[:, w.shape[1] // 2:].shape, generator=g) * 0.05
         aug = wan.unimmvsr_aug_embedding.linear_2
         aug.weight.copy_(torch.randn(aug.weight.shape, generator=g) * 0.05)
+
+
+def train_module_and_loss_args(pack, parent):
+    """The tiny parent loaded for training with trained-looking UniMMVSR parts: (patcher, TrainModule, the positional
+    arguments flow_matching_loss(es) takes after the module, latents and draw)."""
+    model_mod = pack("training.unimmvsr.model")
+    patcher, _, _ = model_mod.load_for_training(parent, model_config(pack, parent), torch.device("cpu"))
+    wan = patcher.model.diffusion_model
+    give_trained_values(wan)
+    module = model_mod.TrainModule(wan).eval()
+    args = (patcher.model.process_latent_in, patcher.get_model_object("model_sampling").timestep, 20, 30,
+            torch.device("cpu"), torch.float32)
+    return patcher, module, args
 
 
 @pytest.mark.parametrize("with_references", [False, True])
@@ -138,13 +154,9 @@ def test_a_micro_batch_runs_as_one_forward_per_shape_with_each_samples_own_loss(
     """The trainer stacks a micro-batch's samples of one shape into one forward (training.micro_batch): each keeps
     its σ, t_aug, noise seed, prompt and references, so the per-sample losses equal one-by-one forwards."""
     import types
-    model_mod = pack("training.unimmvsr.model")
     trainer = pack("training.unimmvsr.trainer")
     LatentSample = pack("training.unimmvsr.encoding").LatentSample
-    patcher, _, _ = model_mod.load_for_training(parent, model_config(pack, parent), torch.device("cpu"))
-    wan = patcher.model.diffusion_model
-    give_trained_values(wan)
-    module = model_mod.TrainModule(wan).eval()
+    _, module, args = train_module_and_loss_args(pack, parent)
     g = torch.Generator().manual_seed(5)
 
     def sample(refs, context_len=12, frames=2):
@@ -161,9 +173,6 @@ def test_a_micro_batch_runs_as_one_forward_per_shape_with_each_samples_own_loss(
     groups = trainer.group_by_shape(drawn)
     assert [[drawn.index(d) for d in grp] for grp in groups] == [[0, 2], [1, 3, 6], [4], [5]]
     assert [len(grp) for grp in trainer.group_by_shape(drawn, batched=False)] == [1] * 7
-    timestep_of = patcher.get_model_object("model_sampling").timestep
-    process_in = patcher.model.process_latent_in
-    args = (process_in, timestep_of, 20, 30, torch.device("cpu"), torch.float32)
     with torch.no_grad():
         for noise in ("gaussian", "lr"):
             one_by_one = {id(d): float(trainer.flow_matching_loss(module, lat, d, *args, noise=noise))
@@ -176,3 +185,34 @@ def test_a_micro_batch_runs_as_one_forward_per_shape_with_each_samples_own_loss(
             assert len({round(v, 6) for v in one_by_one.values()}) == len(drawn)  # the comparison can fail
         with pytest.raises(ValueError, match="mixes reference layouts"):
             trainer.flow_matching_losses(module, [drawn[0], drawn[1]], *args)
+
+
+def test_the_loss_option_is_the_squared_or_absolute_velocity_error_recomputed_by_hand(pack, parent):
+    """training.loss: "mse" (the flow-matching objective) and "l1" are the mean squared / absolute difference between
+    the model's output and ε − z_HR, here recomputed from a direct model call (noise = lr, σ = 1, t_aug = 0: the
+    input is the LR latent twice and the target the residual the LR lacks); an unknown loss name is refused."""
+    import types
+    trainer = pack("training.unimmvsr.trainer")
+    config = pack("training.unimmvsr.config")
+    LatentSample = pack("training.unimmvsr.encoding").LatentSample
+    _, module, args = train_module_and_loss_args(pack, parent)
+    process_in, timestep_of = args[0], args[1]
+    g = torch.Generator().manual_seed(9)
+    hr, lr = torch.randn(1, 16, 2, 6, 8, generator=g), torch.randn(1, 16, 2, 6, 8, generator=g)
+    context = torch.randn(1, 12, 4096, generator=g)
+    draw = types.SimpleNamespace(sigma=1.0, aug_t=0.0, noise_seed=3)
+    with torch.no_grad():
+        z_lr, z_hr = process_in(lr), process_in(hr)
+        pred = module(torch.cat([z_lr, z_lr], dim=1), timestep_of(torch.tensor([1.0])), context,
+                      torch.tensor([0.0]), None)
+        diff = (pred - (z_lr - z_hr)).double()
+        sample = LatentSample(hr, lr, [], context)
+        mse = float(trainer.flow_matching_loss(module, sample, draw, *args, noise="lr", loss="mse"))
+        l1 = float(trainer.flow_matching_loss(module, sample, draw, *args, noise="lr", loss="l1"))
+    assert mse == pytest.approx(float(diff.pow(2).mean()), rel=1e-5)
+    assert l1 == pytest.approx(float(diff.abs().mean()), rel=1e-5)
+    assert abs(l1 - mse) > 1e-3  # the two objectives differ on this sample, so each comparison can fail
+    with pytest.raises(ValueError, match="loss must be mse or l1"):
+        trainer.flow_matching_loss(module, sample, draw, *args, noise="lr", loss="huber")
+    with pytest.raises(config.ConfigError, match="loss: mse or l1"):
+        config.load(os.path.join(REPO, "configs", "unimmvsr", "demo.toml"), {"training.loss": "huber"})

@@ -89,6 +89,8 @@ class TrainingSettings:
     noise: str = "gaussian"              # what σ = 1 is: gaussian (the paper), zero (a regressor of the HR latent),
                                          # or lr — the clean LR latent, so the flow runs LR → HR and predicts the
                                          # residual (sampled from the LR with the "UniMMVSR Start From LR" node)
+    loss: str = "mse"                    # mse (the flow-matching objective, §3.1) | l1 (mean absolute error of the
+                                         # same velocity: a restoration option for one-step fidelity training)
     sharding: str = "ddp"                # ddp | fsdp (FSDP2 fully_shard per block, for 14B)
     save_every: int = 500
     validate_every: int = 500
@@ -206,6 +208,7 @@ def parse(data: dict, source: str = "", base_dir: str = "") -> TrainConfig:
     _check(tr.warmup_steps >= 0 and 0 <= tr.final_lr_ratio <= 1,
            "[training] need warmup_steps ≥ 0 and final_lr_ratio in [0, 1]")
     _check(tr.noise in ("gaussian", "zero", "lr"), "[training] noise: gaussian, zero or lr")
+    _check(tr.loss in ("mse", "l1"), "[training] loss: mse or l1")
     _check(isinstance(dat.augmentations, (list, tuple)) and all(isinstance(a, str) for a in dat.augmentations),
            f"[data] augmentations: expected a list of names, got {dat.augmentations!r}")
     dat = dataclasses.replace(dat, augmentations=tuple(dat.augmentations))

@@ -73,20 +73,24 @@ def data_sha256(items) -> str:
 
 
 def flow_matching_loss(module, latents: LatentSample, draw, process_in, timestep_of, id_start: int,
-                       video_start: int, device, autocast_dtype, noise: str = "gaussian") -> torch.Tensor:
-    """MSE between the prediction and ε − z_HR at σ (the backbone's convention), one sample (flow_matching_losses
-    with a batch of one)."""
+                       video_start: int, device, autocast_dtype, noise: str = "gaussian",
+                       loss: str = "mse") -> torch.Tensor:
+    """MSE (or L1) between the prediction and ε − z_HR at σ (the backbone's convention), one sample
+    (flow_matching_losses with a batch of one)."""
     return flow_matching_losses(module, [(draw, latents)], process_in, timestep_of, id_start, video_start, device,
-                                autocast_dtype, noise)[0]
+                                autocast_dtype, noise, loss)[0]
 
 
 def flow_matching_losses(module, batch, process_in, timestep_of, id_start: int, video_start: int, device,
-                         autocast_dtype, noise: str = "gaussian") -> torch.Tensor:
+                         autocast_dtype, noise: str = "gaussian", loss: str = "mse") -> torch.Tensor:
     """Per-sample MSE [B] between the prediction and ε − z_HR at each sample's σ, for ``batch`` = [(draw, latents)]
     of one shape (``shape_key``) in ONE forward. ``noise`` says what ε is: gaussian (the paper); zero (at σ = 1 the
     model regresses −z_HR from the conditions alone); lr — the clean LR latent, so z_1 is the LR video and the
-    target ε − z_HR the residual it lacks. Every sample keeps its own σ, t_aug, noise seeds, prompt and references,
-    so a batch computes what the same samples one by one compute (up to float summation order)."""
+    target ε − z_HR the residual it lacks. ``loss`` "l1" takes the mean absolute error instead of the squared one.
+    Every sample keeps its own σ, t_aug, noise seeds, prompt and references, so a batch computes what the same
+    samples one by one compute (up to float summation order)."""
+    if loss not in ("mse", "l1"):
+        raise ValueError(f"flow_matching_losses: loss must be mse or l1, not {loss!r}")
     inputs, targets, contexts, references = [], [], [], []
     for draw, latents in batch:
         z0 = process_in(latents.hr.to(device))
@@ -113,7 +117,8 @@ def flow_matching_losses(module, batch, process_in, timestep_of, id_start: int, 
     aug_t = torch.tensor([d.aug_t for d, _ in batch], device=device, dtype=torch.float32)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32):
         pred = module(torch.cat(inputs), timestep, torch.cat(contexts), aug_t, refs)
-    return (pred.float() - torch.cat(targets).float()).pow(2).flatten(1).mean(1)
+    error = pred.float() - torch.cat(targets).float()
+    return (error.abs() if loss == "l1" else error.pow(2)).flatten(1).mean(1)
 
 
 def shape_key(latents: LatentSample) -> tuple:
@@ -263,7 +268,8 @@ class Trainer:
                         ctx = sync() if (sync is not None and not last) else _null()
                         with ctx:
                             losses = flow_matching_losses(model, group, process_in, timestep_of, cfg.model.id_start,
-                                                          cfg.model.video_start, dist.device, autocast, tr.noise)
+                                                          cfg.model.video_start, dist.device, autocast, tr.noise,
+                                                          tr.loss)
                             (losses.sum() / (tr.micro_batch * accumulation)).backward()
                         loss_sum += float(losses.detach().sum())
                 if tr.grad_clip > 0:
@@ -354,7 +360,8 @@ class Trainer:
                             draw = Draw(s.item, s.task, 0, s.prompt, 400.0, sigma, 7919 * n + k, 0)
                             losses.append(float(flow_matching_loss(
                                 module, latents, draw, process_in, timestep_of, self.cfg.model.id_start,
-                                self.cfg.model.video_start, dist.device, torch.float32, self.cfg.training.noise)))
+                                self.cfg.model.video_start, dist.device, torch.float32, self.cfg.training.noise,
+                                self.cfg.training.loss)))
                 metrics = {"val_loss": sum(losses) / len(losses)}
                 tr = self.cfg.training
                 sigmas = list(tr.sigma_values) + [0.0] if tr.sigma_values else None
