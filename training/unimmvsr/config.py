@@ -89,7 +89,7 @@ class TrainingSettings:
     noise: str = "gaussian"              # what σ = 1 is: gaussian (the paper), zero (a regressor of the HR latent),
                                          # or lr — the clean LR latent, so the flow runs LR → HR and predicts the
                                          # residual (sampled from the LR with the "UniMMVSR Start From LR" node)
-    loss: str = "mse"                    # mse (the flow-matching objective, §3.1) | l1 (mean absolute error of the
+    loss: str = "mse"                    # mse (the flow-matching objective) | l1 (mean absolute error of the
                                          # same velocity: a restoration option for one-step fidelity training)
     sharding: str = "ddp"                # ddp | fsdp (FSDP2 fully_shard per block, for 14B)
     save_every: int = 500
