@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 AUGMENTATIONS = ("hflip", "vflip", "transpose", "reverse", "channels")  # samples.augment applies them
+LOSSES = ("mse", "l1")                     # trainer.flow_matching_losses computes them
 
 TASKS = ("t2v", "mi2v", "editing")
 
@@ -208,7 +209,7 @@ def parse(data: dict, source: str = "", base_dir: str = "") -> TrainConfig:
     _check(tr.warmup_steps >= 0 and 0 <= tr.final_lr_ratio <= 1,
            "[training] need warmup_steps ≥ 0 and final_lr_ratio in [0, 1]")
     _check(tr.noise in ("gaussian", "zero", "lr"), "[training] noise: gaussian, zero or lr")
-    _check(tr.loss in ("mse", "l1"), "[training] loss: mse or l1")
+    _check(tr.loss in LOSSES, f"[training] loss: {' or '.join(LOSSES)}")
     _check(isinstance(dat.augmentations, (list, tuple)) and all(isinstance(a, str) for a in dat.augmentations),
            f"[data] augmentations: expected a list of names, got {dat.augmentations!r}")
     dat = dataclasses.replace(dat, augmentations=tuple(dat.augmentations))

@@ -25,6 +25,7 @@ import torch
 from ...core.unimmvsr.augmentation import augmentation_noise, lr_condition
 from ...core.unimmvsr.forward import ReferenceTokens, reference_tokens
 from . import distributed, manifest, state
+from .config import LOSSES
 from .curriculum import slot_of, stage_at
 from .encoding import LatentEncoder, LatentSample, TextEncoder
 from .model import TrainModule, add_lora, export, load_for_training, training_state_dict
@@ -89,8 +90,8 @@ def flow_matching_losses(module, batch, process_in, timestep_of, id_start: int, 
     target ε − z_HR the residual it lacks. ``loss`` "l1" takes the mean absolute error instead of the squared one.
     Every sample keeps its own σ, t_aug, noise seeds, prompt and references, so a batch computes what the same
     samples one by one compute (up to float summation order)."""
-    if loss not in ("mse", "l1"):
-        raise ValueError(f"flow_matching_losses: loss must be mse or l1, not {loss!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"flow_matching_losses: loss must be {' or '.join(LOSSES)}, not {loss!r}")
     inputs, targets, contexts, references = [], [], [], []
     for draw, latents in batch:
         z0 = process_in(latents.hr.to(device))
