@@ -109,7 +109,9 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(workspace):
     root, config = workspace
     sets = ["--set", "training.ema_decay=0.9", "--set", 'data.validation_manifest=""',
             "--set", 'training.lr_schedule="cosine"', "--set", "training.warmup_steps=2"]
-    cli(config, "--set", 'training.output_dir="whole"', *sets)
+    cli(config, "--set", 'training.output_dir="whole"', "--set", "training.keep_last=2", *sets)
+    # saved at steps 4, 8 and 12; keep_last 2 deleted step 4 once step 12 was written
+    assert sorted(os.listdir(os.path.join(root, "whole", "checkpoints"))) == ["step_00000008", "step_00000012"]
     cli(config, "--set", 'training.output_dir="resumed"', "--stop-after", "5", *sets)
     assert sorted(os.listdir(os.path.join(root, "resumed", "checkpoints"))) == ["step_00000004", "step_00000005"]
     out = cli(config, "--set", 'training.output_dir="resumed"', *sets)

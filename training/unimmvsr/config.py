@@ -94,6 +94,8 @@ class TrainingSettings:
                                          # same velocity: a restoration option for one-step fidelity training)
     sharding: str = "ddp"                # ddp | fsdp (FSDP2 fully_shard per block, for 14B)
     save_every: int = 500
+    keep_last: int = 0                   # resumable checkpoints kept under checkpoints/ (older step folders are deleted
+                                         # once a newer one is written); 0 keeps them all
     validate_every: int = 500
     validation_steps: int = 8            # sampler steps of a validation run (sigma_values, when set, instead)
     validation_text_scale: float = 3.0   # s_txt of validation sampling (paper 3.0)
@@ -221,6 +223,7 @@ def parse(data: dict, source: str = "", base_dir: str = "") -> TrainConfig:
     _check(len(dat.reference_gap) in (0, 2) and (not dat.reference_gap or 1 <= dat.reference_gap[0] <= dat.reference_gap[1]),
            "[data] reference_gap: [] or [min, max] frames with 1 ≤ min ≤ max")
     _check(tr.micro_batch >= 1 and tr.batch_size >= tr.micro_batch, "[training] need batch_size ≥ micro_batch ≥ 1")
+    _check(tr.keep_last >= 0, "[training] keep_last must be ≥ 0 (0 keeps every checkpoint)")
     return TrainConfig(model, dat, deg, tr, tuple(stages), source, base_dir)
 
 

@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import re
+import shutil
 
 import torch
 
@@ -36,8 +37,10 @@ def gather(module, optimizer) -> tuple[dict, dict]:
     return model_sd, optim_sd
 
 
-def save(directory: str, step: int, module, optimizer, ema: dict | None, info: dict, is_main: bool) -> str | None:
-    """Every rank must call (gathering is collective); rank 0 writes. Returns the folder written."""
+def save(directory: str, step: int, module, optimizer, ema: dict | None, info: dict, is_main: bool,
+         keep_last: int = 0) -> str | None:
+    """Every rank must call (gathering is collective); rank 0 writes, then deletes all but the ``keep_last`` newest
+    step folders (0 keeps all). Returns the folder written."""
     from safetensors.torch import save_file
     model_sd, optim_sd = gather(module, optimizer)
     ema_full = None
@@ -64,14 +67,21 @@ def save(directory: str, step: int, module, optimizer, ema: dict | None, info: d
         json.dump({"step": step, "param_groups": optim_sd["param_groups"], "optimizer_scalars": scalars, **info}, f,
                   indent=1)
     if os.path.isdir(folder):
-        import shutil
         shutil.rmtree(folder)
     os.replace(tmp, folder)
+    if keep_last > 0:
+        for old in steps(directory)[:-keep_last]:
+            shutil.rmtree(old)
     return folder
 
 
+def steps(directory: str) -> list[str]:
+    """The complete step folders under ``directory``, oldest first (a ``.tmp`` one is an interrupted write)."""
+    return sorted(p for p in glob.glob(os.path.join(directory, "step_*")) if re.fullmatch(r"step_\d+", os.path.basename(p)))
+
+
 def latest(directory: str) -> str | None:
-    found = sorted(p for p in glob.glob(os.path.join(directory, "step_*")) if re.fullmatch(r"step_\d+", os.path.basename(p)))
+    found = steps(directory)
     return found[-1] if found else None
 
 

@@ -298,7 +298,7 @@ class Trainer:
                                                            "stage": stage_index, "learning_rate": rate})
                 info = {"skipped": result.skipped, "config": cfg.source, "data_sha256": data_hash}
                 if step % tr.save_every == 0 or step == total:
-                    state.save(ckpt_dir, step, module, optimizer, ema, info, dist.main)
+                    state.save(ckpt_dir, step, module, optimizer, ema, info, dist.main, tr.keep_last)
                     distributed.barrier(dist)
                 if self.validation_items and (step % tr.validate_every == 0 or step == total):
                     metrics = self._validate(patcher, module, dist, stage, process_in, timestep_of)
