@@ -84,8 +84,8 @@ def flow_matching_loss(module, latents: LatentSample, draw, process_in, timestep
 
 def flow_matching_losses(module, batch, process_in, timestep_of, id_start: int, video_start: int, device,
                          autocast_dtype, noise: str = "gaussian", loss: str = "mse") -> torch.Tensor:
-    """Per-sample MSE [B] between the prediction and ε − z_HR at each sample's σ, for ``batch`` = [(draw, latents)]
-    of one shape (``shape_key``) in ONE forward. ``noise`` says what ε is: gaussian (the paper); zero (at σ = 1 the
+    """Per-sample MSE (or L1, ``loss``) [B] between the prediction and ε − z_HR at each sample's σ, for ``batch`` =
+    [(draw, latents)] of one shape (``shape_key``) in ONE forward. ``noise`` says what ε is: gaussian (the paper); zero (at σ = 1 the
     model regresses −z_HR from the conditions alone); lr — the clean LR latent, so z_1 is the LR video and the
     target ε − z_HR the residual it lacks. ``loss`` "l1" takes the mean absolute error instead of the squared one.
     Every sample keeps its own σ, t_aug, noise seeds, prompt and references, so a batch computes what the same
