@@ -34,6 +34,7 @@ NODE_MODULES = [
     "nodes.unimmvsr_guider",
     "nodes.unimmvsr_start_from_lr",
     "nodes.unimmvsr_multi_gpu",
+    "nodes.unimmvsr_self_ensemble",
 ]
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io
 
+from ..core.autoencoders.space_to_depth import SpaceToDepthVAE
 from ..core.unimmvsr.augmentation import FIDELITY, REFERENCE_TASKS, sigma_of
 from ..core.unimmvsr.upsampling import upscale_frames
 from .images import rgb_frames
@@ -25,6 +26,7 @@ class LRCondition:
     seed: int = 0               # seed of the augmentation noise
     spatial_factor: int = 8     # the VAE's spatial compression (8: Wan 2.1, 16: Wan 2.2)
     temporal_factor: int = 4    # the VAE's temporal compression (frames = (latent frames − 1)·t + 1)
+    space_to_depth: int = 0     # the space-to-depth VAE's factor (its latent flips exactly: self-ensemble); 0 = other
 
 
 def vae_factors(vae) -> tuple[int, int]:
@@ -90,5 +92,6 @@ class UniMMVSRUpsampler(io.ComfyNode):
             latent = vae.encode_tiled(hr, tile_x=512, tile_y=512, overlap=64, tile_t=33, overlap_t=8)
         else:
             latent = vae.encode(hr)
-        condition = LRCondition(latent.float(), float(augmentation), int(seed), spatial, temporal)
+        exact_flips = vae.factor if isinstance(vae, SpaceToDepthVAE) else 0
+        condition = LRCondition(latent.float(), float(augmentation), int(seed), spatial, temporal, exact_flips)
         return io.NodeOutput(condition, {"samples": torch.zeros_like(latent)}, hr[::max(1, hr.shape[0] // 8)])

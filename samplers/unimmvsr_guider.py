@@ -14,6 +14,10 @@ then two. The three are separate model calls because a reference-free sequence i
 - Windows: the whole latent, or spatial tiles × temporal chunks blended with feathered weights
   (core.unimmvsr.tiling); each window carries its slice of the LR condition and all reference tokens, so memory is
   bounded by the window. A ProgressBar counts windows × steps (it is also where Stop takes effect).
+- Self-ensemble (the UniMMVSR Self-Ensemble node sets ``ensemble``): each step runs on flipped/transposed copies
+  of the latent, the LR condition and the references (exact in the space-to-depth latent; moved through the latent
+  format's process_latent_out/in, as the copies are pixel flips) and averages the outputs flipped back
+  (core.unimmvsr.self_ensemble).
 - Several ranks (the UniMMVSR Multi-GPU node sets ``distributed``): the windows of a step are shared among
   torch.distributed ranks (distributed/pool.py); the blend is the same Σ w·x̂ / Σ w, reduced once per step.
 """
@@ -28,7 +32,7 @@ import comfy.utils
 import torch
 
 from ..core.attention.progress import progress_from_sigma
-from ..core.unimmvsr import augmentation, guidance, tiling
+from ..core.unimmvsr import augmentation, guidance, self_ensemble, tiling
 from .attention_boost import TRACE_ENV
 from .unimmvsr_windows import WindowEvaluator
 
@@ -46,20 +50,21 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
         self.tile = tile
         self.overlap = overlap
         self.distributed = None   # MultiGPUSettings (distributed/settings.py) from the UniMMVSR Multi-GPU node
+        self.ensemble = ((),)      # the self-ensemble's copies (core.unimmvsr.self_ensemble) from its node
         self.progress = None
         self._condition = None
-        self._evaluator = None
+        self._evaluators = {}
         self._session = None
         self.trace = os.environ.get(TRACE_ENV) or None
 
     def sample(self, *args, **kwargs):
         # one progress bar and one set of conditions per sampler call (a cached guider serves several prompts)
-        self.progress, self._evaluator, self._session = None, None, None
+        self.progress, self._evaluators, self._session = None, {}, None
         try:
             return super().sample(*args, **kwargs)
         finally:
             self.last_session = self._session   # its timings and byte counts (benchmarks)
-            self._evaluator, self._session = None, None
+            self._evaluators, self._session = {}, None
 
     # -- the LR condition in the model's latent space, noised there (once per guider) --------------------
     def model_space_condition(self) -> torch.Tensor:
@@ -70,13 +75,34 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
                                                         self.lr_condition.aug_t, noise)
         return self._condition
 
-    def evaluator(self, shape) -> WindowEvaluator:
-        if self._evaluator is None or self._evaluator.shape != tuple(shape):
-            self._evaluator = WindowEvaluator(
-                self.inner_model, self.conds.get("positive"), self.conds.get("negative"), self.model_space_condition(),
-                [(r.category, r.latent) for r in self.references], self.config, self.lr_condition.aug_t,
-                self.text_scale, self.tile, self.overlap, shape)
-        return self._evaluator
+    def evaluator(self, shape, ops: tuple[str, ...] = ()) -> WindowEvaluator:
+        """The window evaluator of a latent shape, for the self-ensemble copy ``ops`` (() = the input itself): its LR
+        condition and references flipped alike, its tiles transposed with it."""
+        current = self._evaluators.get(ops)
+        if current is None or current.shape != tuple(shape):
+            condition = self.model_space_condition()
+            references = [(r.category, r.latent) for r in self.references]
+            tile, overlap = self.tile, self.overlap
+            if ops:
+                factor = self.lr_condition.space_to_depth
+                condition = self.to_copy(condition, ops)
+                references = [(c, self_ensemble.forward(latent, ops, factor)) for c, latent in references]
+                if self_ensemble.swaps_axes(ops):
+                    tile = tile and (tile[0], tile[2], tile[1])
+                    overlap = (overlap[0], overlap[2], overlap[1])
+            current = self._evaluators[ops] = WindowEvaluator(
+                self.inner_model, self.conds.get("positive"), self.conds.get("negative"), condition, references,
+                self.config, self.lr_condition.aug_t, self.text_scale, tile, overlap, shape)
+        return current
+
+    # -- self-ensemble copies, in the model's latent space ------------------------------------------------
+    def to_copy(self, x: torch.Tensor, ops: tuple[str, ...]) -> torch.Tensor:
+        m = self.inner_model
+        return m.process_latent_in(self_ensemble.forward(m.process_latent_out(x), ops, self.lr_condition.space_to_depth))
+
+    def from_copy(self, x: torch.Tensor, ops: tuple[str, ...]) -> torch.Tensor:
+        m = self.inner_model
+        return m.process_latent_in(self_ensemble.inverse(m.process_latent_out(x), ops, self.lr_condition.space_to_depth))
 
     def _progress(self, timestep) -> tuple[float, float]:
         sigma = float(timestep.flatten().max())
@@ -98,19 +124,33 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
         wins = evaluator.windows()
         if self.progress is None:
             steps = max(1, len(model_options.get("transformer_options", {}).get("sample_sigmas", [0, 0])) - 1)
-            self.progress = comfy.utils.ProgressBar(steps * len(wins))
+            self.progress = comfy.utils.ProgressBar(steps * len(wins) * len(self.ensemble))
         if self.distributed is not None:
+            if len(self.ensemble) > 1:
+                raise ValueError("UniMMVSR Self-Ensemble and UniMMVSR Multi-GPU cannot be combined yet: use one")
             from ..distributed.session import step_session
 
             if self._session is None:
                 self._session = step_session(self, evaluator, model_options)
             return self._session.step(x, timestep, sigma, u, s_ref, model_options).to(x.dtype)
+        total = None
+        for ops in self.ensemble:   # the self-ensemble's copies (one without its node), averaged in the input's frame
+            x_copy = self.to_copy(x, ops) if ops else x
+            out = self.denoise_windows(self.evaluator(x_copy.shape, ops), x_copy, timestep, model_options, sigma, u,
+                                       s_ref, ops)
+            out = self.from_copy(out, ops) if ops else out
+            total = out if total is None else total + out
+        return (total / len(self.ensemble)).to(x.dtype)
+
+    def denoise_windows(self, evaluator: WindowEvaluator, x, timestep, model_options: dict, sigma: float, u: float,
+                        s_ref: float, ops: tuple[str, ...]) -> torch.Tensor:
+        """One guided prediction of the whole latent: every window evaluated, blended with its feather weights."""
         blend = tiling.Blender(x.shape, dtype=torch.float32, device=x.device)
-        for win in wins:
+        for win in evaluator.windows():
             out, evaluations = evaluator.evaluate(win, x, timestep, model_options, s_ref)
             blend.add(win, out, evaluator.weights(win))
             self.record(event="unimmvsr", sigma=sigma, u=u, window=[win.t0, win.y0, win.x0],
                         window_size=[win.t1 - win.t0, win.y1 - win.y0, win.x1 - win.x0], evaluations=evaluations,
-                        s_ref=s_ref, rank=0)
+                        s_ref=s_ref, rank=0, **({"copy": list(ops)} if len(self.ensemble) > 1 else {}))
             self.progress.update(1)
-        return blend.result().to(x.dtype)
+        return blend.result()

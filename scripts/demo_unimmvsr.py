@@ -30,6 +30,8 @@ GAP = 6   # frames between the target window and its references (another part of
 ROWS = ("bicubic", "bicubic_vae", "no_refs", "refs", "wrong_ref")
 LABELS = {"bicubic": "bicubic", "bicubic_vae": "bicubic → autoencoder", "no_refs": "UniMMVSR, no references",
           "refs": "UniMMVSR, ID image + reference video", "wrong_ref": "UniMMVSR, wrong reference (other clip)"}
+SINGLE_PASS = ("no_refs", "refs")   # also run without the workflow's self-ensemble (one pass, as trained)
+ENSEMBLE_NODE = "UniCascadeUniMMVSRSelfEnsemble"
 INPUT_NAMES = {"lr": "unimmvsr_demo_lr.png", "id": "unimmvsr_demo_id.png", "ref": "unimmvsr_demo_ref.png"}
 
 
@@ -85,9 +87,16 @@ def demo_prompt(server, tiny_text_encoder: str) -> dict:
     return prompt
 
 
-def configure(prompt: dict, names: dict, mode: str, prefix: str) -> dict:
-    """The shipped workflow for one crop and one mode (no_refs | refs | wrong_ref)."""
+def configure(prompt: dict, names: dict, mode: str, prefix: str, single_pass: bool = False) -> dict:
+    """The shipped workflow for one crop and one mode (no_refs | refs | wrong_ref); ``single_pass`` takes its
+    UniMMVSR Self-Ensemble node out (the guider feeds the sampler directly)."""
     p = json.loads(json.dumps(prompt))
+    if single_pass:
+        ensemble = next(k for k, n in p.items() if n["class_type"] == ENSEMBLE_NODE)
+        for node in p.values():
+            if node["inputs"].get("guider") == [ensemble, 0]:
+                node["inputs"]["guider"] = p[ensemble]["inputs"]["guider"]
+        del p[ensemble]
     loads = {n["inputs"]["image"]: k for k, n in p.items() if n["class_type"] == "LoadImage"}
     lr_node, id_node, ref_node = (loads[INPUT_NAMES[k]] for k in ("lr", "id", "ref"))
     p[lr_node]["inputs"]["image"] = names["lr"]
@@ -126,7 +135,7 @@ def evaluate(server, base: str, tiny_text_encoder: str, log=print, max_crops: in
     crops = eval_crops(max_crops)
     prompt = demo_prompt(server, tiny_text_encoder)
     ae = SpaceToDepthVAE(SCALE)
-    scores = {row: {"psnr": [], "ssim": []} for row in ROWS}
+    scores = {row: {"psnr": [], "ssim": []} for row in ROWS + tuple(f"{m}_single_pass" for m in SINGLE_PASS)}
     recon = []
     shown = {}
     for i, c in enumerate(crops):
@@ -140,7 +149,10 @@ def evaluate(server, base: str, tiny_text_encoder: str, log=print, max_crops: in
         for mode in ("no_refs", "refs", "wrong_ref"):
             entry = server.run(configure(prompt, names, mode, f"unimmvsr_eval/{i:03d}_{mode}"))
             outputs[mode] = output_frames(server, entry)
-        for row in ROWS:
+        for mode in SINGLE_PASS:
+            entry = server.run(configure(prompt, names, mode, f"unimmvsr_eval/{i:03d}_{mode}_1", single_pass=True))
+            outputs[f"{mode}_single_pass"] = output_frames(server, entry)
+        for row in scores:
             scores[row]["psnr"].append(psnr(outputs[row], c["hr"]))
             scores[row]["ssim"].append(ssim(outputs[row], c["hr"]))
         if i % 20 == 0:
@@ -221,7 +233,32 @@ def summarise(result: dict) -> tuple[dict, list[str]]:
               "|---|---|---|---|---|"]
     lines += [f"| {name} | {g['crops']} | {g['bicubic_psnr']:.2f} | {g['no_refs_over_bicubic_vae_db']:+.2f} dB | "
               f"{g['refs_over_no_refs_db']:+.2f} dB |" for name, g in metrics["by_degradation"].items()]
+    if all(f"{m}_single_pass" in scores for m in SINGLE_PASS):
+        metrics["single_pass"], more = single_pass_summary(scores, r)
+        lines += [""] + more
     return metrics, lines
+
+
+def single_pass_summary(scores: dict, rows: dict) -> tuple[dict, list[str]]:
+    """The upscaler in one pass (the workflow without its self-ensemble node) against the rows above."""
+    from core.evaluation import bootstrap_interval, win_rate
+    out = {}
+    for mode in SINGLE_PASS:
+        values = scores[f"{mode}_single_pass"]
+        out[mode] = {metric: float(np.mean(values[metric])) for metric in ("psnr", "ssim")}
+        out[mode]["psnr_ci95"] = list(bootstrap_interval(values["psnr"]))
+        out[mode]["self_ensemble_gain_db"] = rows[mode]["psnr"] - out[mode]["psnr"]
+        out[mode]["self_ensemble_win_rate"] = win_rate(scores[mode]["psnr"], values["psnr"])
+    out["no_refs_over_bicubic_vae_db"] = out["no_refs"]["psnr"] - rows["bicubic_vae"]["psnr"]
+    out["refs_over_no_refs_db"] = out["refs"]["psnr"] - out["no_refs"]["psnr"]
+    n, f = out["no_refs"], out["refs"]
+    return out, [f"- one pass (the workflow without its UniMMVSR Self-Ensemble node): no references {n['psnr']:.2f} dB "
+                 f"[{n['psnr_ci95'][0]:.2f}, {n['psnr_ci95'][1]:.2f}], {out['no_refs_over_bicubic_vae_db']:+.3f} dB over "
+                 f"bicubic → autoencoder; with references {f['psnr']:.2f} dB, {out['refs_over_no_refs_db']:+.3f} dB over "
+                 f"one pass without",
+                 f"- the self-ensemble (8 flipped/transposed copies averaged) adds {n['self_ensemble_gain_db']:+.3f} dB "
+                 f"without references (better on {n['self_ensemble_win_rate']:.0%} of the crops) and "
+                 f"{f['self_ensemble_gain_db']:+.3f} dB with them ({f['self_ensemble_win_rate']:.0%})"]
 
 
 def pictures(result: dict, out: str) -> list[str]:

@@ -66,7 +66,8 @@ def test_committed_checkpoint_runs_its_shipped_workflow_on_the_server(comfy):
         outputs[mode] = demo_unimmvsr.output_frames(comfy, entry)
         assert outputs[mode].shape == (5, 64, 64, 3)
     records = [r for r in comfy.trace.records() if r.get("event") == "unimmvsr"]
-    assert [r["sigma"] for r in records] == [1.0, 1.0]          # one noise-free step each
+    assert [r["sigma"] for r in records] == [1.0] * 16     # one noise-free step each, over 8 self-ensemble copies
+    assert len({tuple(r["copy"]) for r in records}) == 8
     assert (outputs["refs"] - outputs["no_refs"]).abs().max() > 1 / 255   # the references reach the model
 
 

@@ -67,3 +67,25 @@ class SpaceToDepthVAE:
 
     def temporal_compression_encode(self):
         return None
+
+
+DIHEDRAL_OPS = ("hflip", "vflip", "transpose")
+
+
+def dihedral_latent(latent: torch.Tensor, op: str, factor: int) -> torch.Tensor:
+    """The exact latent counterpart of a pixel flip or transposition: ``decode(dihedral_latent(encode(x), op))`` equals
+    ``x`` flipped (hflip: width, vflip: height) or transposed. A latent channel c·f² + i·f + j holds pixel (i, j) of
+    its cell, so the cells move like pixels and the offsets inside a cell move with them. [B, 3·f², T, h, w]."""
+    if op not in DIHEDRAL_OPS:
+        raise ValueError(f"unknown latent transform {op!r} (one of {', '.join(DIHEDRAL_OPS)})")
+    b, c, t, h, w = latent.shape
+    if c % (factor * factor):
+        raise ValueError(f"a latent of {c} channels is not a space-to-depth latent of factor {factor}")
+    x = latent.reshape(b, c // (factor * factor), factor, factor, t, h, w)   # [B, 3, i, j, T, h, w]
+    if op == "hflip":
+        x = x.flip(3, 6)
+    elif op == "vflip":
+        x = x.flip(2, 5)
+    else:
+        x = x.transpose(2, 3).transpose(5, 6)
+    return x.reshape(b, c, t, *x.shape[-2:]).contiguous()
