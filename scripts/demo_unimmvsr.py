@@ -92,11 +92,14 @@ def configure(prompt: dict, names: dict, mode: str, prefix: str, single_pass: bo
     UniMMVSR Self-Ensemble node out (the guider feeds the sampler directly)."""
     p = json.loads(json.dumps(prompt))
     if single_pass:
-        ensemble = next(k for k, n in p.items() if n["class_type"] == ENSEMBLE_NODE)
+        ensemble_id = next((k for k, n in p.items() if n["class_type"] == ENSEMBLE_NODE), None)
+        if ensemble_id is None:
+            raise ValueError(f"{os.path.basename(WORKFLOW)} has no UniMMVSR Self-Ensemble node to take out for the "
+                             f"one-pass rows")
         for node in p.values():
-            if node["inputs"].get("guider") == [ensemble, 0]:
-                node["inputs"]["guider"] = p[ensemble]["inputs"]["guider"]
-        del p[ensemble]
+            if node["inputs"].get("guider") == [ensemble_id, 0]:
+                node["inputs"]["guider"] = p[ensemble_id]["inputs"]["guider"]
+        del p[ensemble_id]
     loads = {n["inputs"]["image"]: k for k, n in p.items() if n["class_type"] == "LoadImage"}
     lr_node, id_node, ref_node = (loads[INPUT_NAMES[k]] for k in ("lr", "id", "ref"))
     p[lr_node]["inputs"]["image"] = names["lr"]
@@ -244,11 +247,12 @@ def single_pass_summary(scores: dict, rows: dict) -> tuple[dict, list[str]]:
     from core.evaluation import bootstrap_interval, win_rate
     out = {}
     for mode in SINGLE_PASS:
-        values = scores[f"{mode}_single_pass"]
+        values = {metric: [v for v in scores[f"{mode}_single_pass"][metric] if np.isfinite(v)]
+                  for metric in ("psnr", "ssim")}                   # as the rows above: finite values only
         out[mode] = {metric: float(np.mean(values[metric])) for metric in ("psnr", "ssim")}
         out[mode]["psnr_ci95"] = list(bootstrap_interval(values["psnr"]))
         out[mode]["self_ensemble_gain_db"] = rows[mode]["psnr"] - out[mode]["psnr"]
-        out[mode]["self_ensemble_win_rate"] = win_rate(scores[mode]["psnr"], values["psnr"])
+        out[mode]["self_ensemble_win_rate"] = win_rate(scores[mode]["psnr"], scores[f"{mode}_single_pass"]["psnr"])
     out["no_refs_over_bicubic_vae_db"] = out["no_refs"]["psnr"] - rows["bicubic_vae"]["psnr"]
     out["refs_over_no_refs_db"] = out["refs"]["psnr"] - out["no_refs"]["psnr"]
     n, f = out["no_refs"], out["refs"]
@@ -256,7 +260,7 @@ def single_pass_summary(scores: dict, rows: dict) -> tuple[dict, list[str]]:
                  f"[{n['psnr_ci95'][0]:.2f}, {n['psnr_ci95'][1]:.2f}], {out['no_refs_over_bicubic_vae_db']:+.3f} dB over "
                  f"bicubic → autoencoder; with references {f['psnr']:.2f} dB, {out['refs_over_no_refs_db']:+.3f} dB over "
                  f"one pass without",
-                 f"- the self-ensemble (8 flipped/transposed copies averaged) adds {n['self_ensemble_gain_db']:+.3f} dB "
+                 f"- the self-ensemble (the workflow's flipped/transposed copies averaged) adds {n['self_ensemble_gain_db']:+.3f} dB "
                  f"without references (better on {n['self_ensemble_win_rate']:.0%} of the crops) and "
                  f"{f['self_ensemble_gain_db']:+.3f} dB with them ({f['self_ensemble_win_rate']:.0%})"]
 

@@ -1,7 +1,7 @@
-"""UniMMVSR Self-Ensemble (core.unimmvsr.self_ensemble, README "A trained upscaler you can see"): the space-to-depth
-latent's flips are exactly the pixel flips; on the real server the committed demo upscaler with the node equals the
-average of single passes over flipped/transposed inputs, flipped back (recomputed here in pixel space); a Wan VAE's
-condition and a guider of another kind are refused with the reason."""
+"""UniMMVSR Self-Ensemble (core.unimmvsr.self_ensemble, README "UniMMVSR"): the space-to-depth latent's flips are
+exactly the pixel flips; on the real server the committed demo upscaler with the node equals the average of single
+passes over flipped/transposed inputs, flipped back (recomputed here in pixel space); a Wan VAE's condition, Gaussian
+noise under a per-channel latent format, Multi-GPU and a guider of another kind are refused with the reason."""
 import os
 import sys
 
@@ -98,11 +98,20 @@ def test_self_ensemble_refuses_a_wan_vae_condition_and_other_guiders(pack, tmp_p
 
     node = pack("nodes.unimmvsr_self_ensemble").UniMMVSRSelfEnsemble
     wan_vae = guider(LRCondition(torch.zeros(1, 48, 2, 4, 4), 0.0, spatial_factor=16))      # a Wan 2.2 VAE's latent
-    with pytest.raises(ValueError, match="the self-ensemble needs the Space-to-Depth VAE"):
+    with pytest.raises(ValueError, match="guider: its LR condition .* the self-ensemble needs the Space-to-Depth VAE"):
         node.execute(wan_vae, "flips x4")
     s2d = guider(LRCondition(torch.zeros(1, 48, 2, 4, 4), 0.0, spatial_factor=4, temporal_factor=1, space_to_depth=4))
     out = node.execute(s2d, "flips x4").result[0]
     assert out is not s2d and len(out.ensemble) == 4 and s2d.ensemble == ((),)   # the cached guider is untouched
+    # exact only from the LR start (Wan 2.2's per-channel normalisation would rescale flipped Gaussian noise)
+    out.check_self_ensemble(model.model.process_latent_in(out.lr_condition.latent))
+    with pytest.raises(ValueError, match="connect UniMMVSR Start From LR"):
+        out.check_self_ensemble(torch.randn(1, 48, 2, 4, 4, generator=torch.Generator().manual_seed(1)))
+    multi_gpu = pack("nodes.unimmvsr_multi_gpu").UniMMVSRMultiGPU
+    with pytest.raises(ValueError, match="cannot be combined with UniMMVSR Multi-GPU yet"):
+        multi_gpu.execute(out, 2, 0, "", "auto", 30.0)
+    with pytest.raises(ValueError, match="the self-ensemble cannot be combined with it yet"):
+        node.execute(multi_gpu.execute(s2d, 2, 0, "", "auto", 30.0).result[0], "flips x4")
     with pytest.raises(ValueError, match="copies: 'rotate' is not one of"):
         node.execute(s2d, "rotate")
     with pytest.raises(ValueError, match="a UniMMVSR Guider is needed, got CFGGuider"):
