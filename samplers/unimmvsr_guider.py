@@ -70,12 +70,19 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
             self._evaluators, self._session = {}, None
 
     # -- the LR condition in the model's latent space, noised there (once per guider) --------------------
-    def model_space_condition(self) -> torch.Tensor:
-        if self._condition is None:
-            raw = self.lr_condition.latent
+    def model_space_condition(self, ops: tuple[str, ...] = ()) -> torch.Tensor:
+        """The LR condition normalised into the model's space, then noised. For a self-ensemble copy ``ops``: the
+        flipped clean latent noised with the flipped augmentation noise (a flip only moves Gaussian entries, so the
+        copy is a draw of the same forward process)."""
+        if ops or self._condition is None:
+            raw, factor = self.lr_condition.latent, self.lr_condition.space_to_depth
             noise = augmentation.augmentation_noise(raw.shape, self.lr_condition.seed)
-            self._condition = augmentation.lr_condition(raw, self.inner_model.process_latent_in,
-                                                        self.lr_condition.aug_t, noise)
+            condition = augmentation.lr_condition(self_ensemble.forward(raw, ops, factor),
+                                                  self.inner_model.process_latent_in, self.lr_condition.aug_t,
+                                                  self_ensemble.forward(noise, ops, factor))
+            if ops:
+                return condition
+            self._condition = condition
         return self._condition
 
     def evaluator(self, shape, ops: tuple[str, ...] = ()) -> WindowEvaluator:
@@ -83,30 +90,19 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
         condition and references flipped alike, its tiles transposed with it."""
         current = self._evaluators.get(ops)
         if current is None or current.shape != tuple(shape):
-            condition = self.model_space_condition()
-            references = [(r.category, r.latent) for r in self.references]
+            factor = self.lr_condition.space_to_depth
+            references = [(r.category, self_ensemble.forward(r.latent, ops, factor)) for r in self.references]
             tile, overlap = self.tile, self.overlap
-            if ops:
-                factor = self.lr_condition.space_to_depth
-                condition = self.copy_condition(ops)
-                references = [(c, self_ensemble.forward(latent, ops, factor)) for c, latent in references]
-                if self_ensemble.swaps_axes(ops):
-                    tile = tile and (tile[0], tile[2], tile[1])
-                    overlap = (overlap[0], overlap[2], overlap[1])
+            if self_ensemble.swaps_axes(ops):
+                tile = tile and (tile[0], tile[2], tile[1])
+                overlap = (overlap[0], overlap[2], overlap[1])
             current = self._evaluators[ops] = WindowEvaluator(
-                self.inner_model, self.conds.get("positive"), self.conds.get("negative"), condition, references,
+                self.inner_model, self.conds.get("positive"), self.conds.get("negative"),
+                self.model_space_condition(ops), references,
                 self.config, self.lr_condition.aug_t, self.text_scale, tile, overlap, shape)
         return current
 
     # -- self-ensemble copies, in the model's latent space ------------------------------------------------
-    def copy_condition(self, ops: tuple[str, ...]) -> torch.Tensor:
-        """A copy's LR condition: the flipped clean latent normalised, then noised with the flipped augmentation
-        noise (a flip only moves Gaussian entries, so the copy is a draw of the same forward process)."""
-        raw, factor = self.lr_condition.latent, self.lr_condition.space_to_depth
-        noise = augmentation.augmentation_noise(raw.shape, self.lr_condition.seed)
-        return augmentation.lr_condition(self_ensemble.forward(raw, ops, factor), self.inner_model.process_latent_in,
-                                         self.lr_condition.aug_t, self_ensemble.forward(noise, ops, factor))
-
     def to_copy(self, x: torch.Tensor, ops: tuple[str, ...]) -> torch.Tensor:
         """A model-space latent as the copy ``ops`` sees it: un-normalised, flipped, normalised again. Exact for
         every affine combination of clean latents — all the latents a sampler makes when it starts from the LR."""
@@ -123,8 +119,6 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
         and std (Wan 2.2's) maps a flip of the clean latent to an affine map of the model's latent; that map is
         right for clean latents and their affine combinations — every latent of a sampling run that starts from the
         LR (UniMMVSR Start From LR) — but would rescale Gaussian noise channel by channel."""
-        if self.distributed is not None:
-            raise ValueError("UniMMVSR Self-Ensemble and UniMMVSR Multi-GPU cannot be combined yet: use one")
         base, factor = self.model_patcher.model, self.lr_condition.space_to_depth
         probe = torch.randn(*self.lr_condition.latent.shape[:2], 1, 2, 2, generator=torch.Generator().manual_seed(0))
         commutes = all(torch.allclose(base.process_latent_in(self_ensemble.forward(base.process_latent_out(probe), ops,

@@ -188,9 +188,21 @@ def by_degradation(result: dict) -> dict:
     return out
 
 
+def row_statistics(row_scores: dict) -> dict:
+    """Mean PSNR and SSIM of a row over its crops with 95% bootstrap intervals (finite values only: an exact crop's
+    PSNR is infinite)."""
+    from core.evaluation import bootstrap_interval
+    entry = {}
+    for metric in ("psnr", "ssim"):
+        finite = [v for v in row_scores[metric] if np.isfinite(v)]
+        entry[metric] = float(np.mean(finite))
+        entry[f"{metric}_ci95"] = list(bootstrap_interval(finite))
+    return entry
+
+
 def summarise(result: dict) -> tuple[dict, list[str]]:
     """metrics.json's content and the markdown table (rows, intervals, win rates, targets)."""
-    from core.evaluation import bootstrap_interval, win_rate
+    from core.evaluation import win_rate
     scores = result["scores"]
     recon = result["reconstruction_psnr"]
     metrics = {"crops": result["crops"], "rows": {},
@@ -198,12 +210,7 @@ def summarise(result: dict) -> tuple[dict, list[str]]:
     lines = ["| row | PSNR (dB) [95% CI] | SSIM [95% CI] | PSNR win rate over the row above |", "|---|---|---|---|"]
     previous = None
     for row in ROWS:
-        entry = {}
-        for metric in ("psnr", "ssim"):
-            values = scores[row][metric]
-            finite = [v for v in values if np.isfinite(v)]
-            entry[metric] = float(np.mean(finite))
-            entry[f"{metric}_ci95"] = list(bootstrap_interval(finite))
+        entry = row_statistics(scores[row])
         if previous is not None:
             entry["psnr_win_rate_over_previous"] = win_rate(scores[row]["psnr"], scores[previous]["psnr"])
         metrics["rows"][row] = entry
@@ -244,13 +251,10 @@ def summarise(result: dict) -> tuple[dict, list[str]]:
 
 def single_pass_summary(scores: dict, rows: dict) -> tuple[dict, list[str]]:
     """The upscaler in one pass (the workflow without its self-ensemble node) against the rows above."""
-    from core.evaluation import bootstrap_interval, win_rate
+    from core.evaluation import win_rate
     out = {}
     for mode in SINGLE_PASS:
-        values = {metric: [v for v in scores[f"{mode}_single_pass"][metric] if np.isfinite(v)]
-                  for metric in ("psnr", "ssim")}                   # as the rows above: finite values only
-        out[mode] = {metric: float(np.mean(values[metric])) for metric in ("psnr", "ssim")}
-        out[mode]["psnr_ci95"] = list(bootstrap_interval(values["psnr"]))
+        out[mode] = row_statistics(scores[f"{mode}_single_pass"])
         out[mode]["self_ensemble_gain_db"] = rows[mode]["psnr"] - out[mode]["psnr"]
         out[mode]["self_ensemble_win_rate"] = win_rate(scores[mode]["psnr"], scores[f"{mode}_single_pass"]["psnr"])
     out["no_refs_over_bicubic_vae_db"] = out["no_refs"]["psnr"] - rows["bicubic_vae"]["psnr"]
