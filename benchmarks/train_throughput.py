@@ -5,7 +5,10 @@
    efficiency = (2-rank samples/s) / (2 × 1-rank samples/s).
 2. The demo's recipe (configs/unimmvsr/demo.toml: dim 256, 4 blocks, 64×64×5 crops, batch 8, its stage-2 task mix)
    in one process on both cores: one forward per sample in fp32 (the trainer before shape-grouped micro-batches)
-   against micro-batches of 8 stacked by shape, in fp32 and in bf16 autocast (the demo's setting).
+   against micro-batches of 8 stacked by shape, in fp32 and in bf16 autocast, each slot drawing its own task; then
+   bf16 micro-batches of 8 with one task per step (one forward per step), eager and with torch.compile'd blocks (the
+   demo's setting), against a task per slot, over more steps and as total samples / total time (a step's cost
+   depends on its task).
 3. A FLOP-model projection of one training step of Wan 2.1 1.3B (dim 1536, 30 blocks, FFN 8960) at 21 frames
    480p (832×480 → 6×30×52 = 9,360 tokens; 512 text tokens) on one GPU, with and without gradient checkpointing.
 
@@ -24,6 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 STEPS = 14
 DEMO_STEPS = 36
+TASK_STEPS = 160    # one task per step: a step's cost depends on its task, so more steps and the overall rate
+TASK_WARM = 60      # steps left out: the compiled run compiles again for each new sample shape in its first steps
 STAGE = f"""
 [[stages]]
 name = "bench"
@@ -35,7 +40,9 @@ tasks = {{ t2v = 0.5, mi2v = 0.3, editing = 0.2 }}
 """
 
 
-def run(config: str, out: str, ranks: int, sets: tuple = (), warm: int = 4, threads: int = 1) -> float:
+def run(config: str, out: str, ranks: int, sets: tuple = (), warm: int = 4, threads: int = 1,
+        overall: bool = False) -> float:
+    """Median samples/s of the steps after ``warm`` (``overall``: their total samples / total time instead)."""
     script = os.path.join(REPO, "scripts", "train_unimmvsr.py")
     args = [script, "--config", config, "--set", f'training.output_dir="{out}"',
             "--set", f"training.micro_batch={4 // ranks}", *sets]
@@ -50,7 +57,7 @@ def run(config: str, out: str, ranks: int, sets: tuple = (), warm: int = 4, thre
             step, name, value = line.strip().split(",")
             if name == "samples_per_s" and int(step) > warm:   # after the cache is warm
                 rates.append(float(value))
-    return statistics.median(rates)
+    return len(rates) / sum(1 / r for r in rates) if overall else statistics.median(rates)
 
 
 def demo_config(root: str, steps: int) -> str:
@@ -105,7 +112,8 @@ def main() -> None:
                                     ("shape-grouped micro-batch of 8, bf16 autocast", 8, "bf16")):
         rates[label] = run(config, f"demo_{micro}_{precision}", 1, ("--set", f"training.micro_batch={micro}",
                                                                      "--set", f'training.mixed_precision="{precision}"',
-                                                                     "--set", "training.save_every=100000"),
+                                                                     "--set", "training.save_every=100000",
+                                                                     "--set", "training.one_task_per_step=false"),
                            warm=DEMO_STEPS // 3, threads=2)
         print(f"  {label:48s}: {rates[label]:.2f} samples/s")
     base = rates["one forward per sample, fp32"]
@@ -115,7 +123,20 @@ def main() -> None:
         stacked = rates[f"shape-grouped micro-batch of 8, {precision}"]
         single = rates[f"one forward per sample, {precision}"]
         print(f"  stacking by shape in {precision}: ×{stacked / single:.2f} over one forward per sample")
-
+    config = demo_config(root, TASK_STEPS)
+    task_rates = {}
+    for label, per_step, compiled in (("a task per slot (≈3 forwards a step)", False, False),
+                                      ("one task per step (1 forward a step)", True, False),
+                                      ("one task per step, compiled blocks (the demo's recipe)", True, True)):
+        task_rates[label] = run(config, f"demo_task_{per_step}_{compiled}", 1,
+                                ("--set", "training.save_every=100000",
+                                 "--set", f"training.one_task_per_step={str(per_step).lower()}",
+                                 "--set", f"training.compile={str(compiled).lower()}"),
+                                warm=TASK_WARM, threads=2, overall=True)
+        print(f"  {label:56s}: {task_rates[label]:.2f} samples/s (steps {TASK_WARM + 1}–{TASK_STEPS}, bf16)")
+    base = next(iter(task_rates.values()))
+    for label, rate in list(task_rates.items())[1:]:
+        print(f"  {label:56s}: ×{rate / base:.2f} over a task per slot")
     print("3. projection: Wan 2.1 1.3B, 21 frames 480p (9,360 tokens), one sample per GPU per step")
     tokens = 6 * 30 * 52
     for ck in (False, True):

@@ -122,6 +122,26 @@ def test_draws_are_a_pure_function_of_the_step_and_slot(builder):
     assert 0 <= min(sigmas) and max(sigmas) <= 1 and abs(np.mean(sigmas) - 0.5) < 0.03
 
 
+def test_one_task_per_step_shares_a_step_s_task_among_its_slots_and_keeps_the_mix(pack, builder):
+    """[training] one_task_per_step: all slots (and redraws) of a step get one task, drawn per step from the stage's
+    mix — the per-step frequencies follow the mix; the default draws each slot's own task, so a step mixes them."""
+    import dataclasses
+    cfg, b = builder
+    stage = cfg.stages[1]
+    shared = pack("training.unimmvsr.samples").SampleBuilder(
+        dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, one_task_per_step=True)), b.items)
+    n, counts, mixed = 1200, {"t2v": 0, "mi2v": 0, "editing": 0}, 0
+    for step in range(n):
+        tasks = {shared.draw(1, stage, step, slot, attempt).task for slot in range(8) for attempt in (0, 3)}
+        assert len(tasks) == 1, (step, tasks)
+        counts[tasks.pop()] += 1
+        mixed += len({b.draw(1, stage, step, slot).task for slot in range(8)}) > 1
+    for task, p in stage.tasks.items():
+        assert abs(counts[task] - n * p) < 4 * math.sqrt(n * p * (1 - p)), (task, counts)
+    assert mixed > 0.8 * n   # per-slot tasks: P(8 slots agree) = 0.5⁸ + 0.3⁸ + 0.2⁸ ≈ 0.4%
+    assert shared.draw(1, stage, 5, 2) == shared.draw(1, stage, 5, 2)   # still a pure function of (step, slot)
+
+
 def test_samples_per_task(builder):
     from core.unimmvsr.references import PAD_VALUE
     from core.unimmvsr.upsampling import upscale_frames

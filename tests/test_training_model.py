@@ -99,6 +99,38 @@ def test_gradient_checkpointing_gives_the_same_gradients(pack, parent):
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5), name
 
 
+def test_compiled_blocks_train_like_eager_ones_and_keep_the_checkpoint_layout(pack, parent, tmp_path, monkeypatch):
+    """[training] compile: torch.compile'd blocks (with gradient checkpointing, as the trainer sets them up) give the
+    eager loss and gradients to float tolerance, with the same parameter names (so the same checkpoint); without a
+    C++ compiler on the PATH the option is refused with the reason."""
+    model_mod = pack("training.unimmvsr.model")
+    runs = []
+    for compiled in (False, True):
+        patcher, _, _ = model_mod.load_for_training(parent, model_config(pack, parent), torch.device("cpu"))
+        wan = patcher.model.diffusion_model
+        give_trained_values(wan)
+        module = model_mod.TrainModule(wan, gradient_checkpointing=True).train()
+        if compiled:
+            model_mod.compile_blocks(wan, torch.device("cpu"))
+            assert all(b._compiled_call_impl is not None for b in wan.blocks)
+        g = torch.Generator().manual_seed(4)
+        x, context = torch.randn(2, 32, 2, 6, 8, generator=g), torch.randn(2, 12, 4096, generator=g)
+        loss = module(x, torch.tensor([500.0, 120.0]), context, torch.tensor([300.0, 0.0])).square().mean()
+        loss.backward()
+        runs.append((loss.item(), {n: p.grad.clone() for n, p in wan.named_parameters() if p.grad is not None},
+                     list(module.state_dict())))
+    (eager_loss, eager_grads, eager_keys), (loss, grads, keys) = runs
+    assert keys == eager_keys
+    assert loss == pytest.approx(eager_loss, rel=1e-5)
+    assert grads.keys() == eager_grads.keys() and len(grads) > 10
+    for name, grad in grads.items():
+        assert grad.abs().max() > 0 or eager_grads[name].abs().max() == 0, name
+        assert torch.allclose(grad, eager_grads[name], atol=1e-6, rtol=1e-3), name
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ValueError, match=r"compile = true needs a C\+\+ compiler"):
+        model_mod.compile_blocks(wan, torch.device("cpu"))
+
+
 def test_a_parent_that_is_not_wan_is_refused(pack, tmp_path):
     from safetensors.torch import save_file
 

@@ -80,9 +80,14 @@ class TrainingSettings:
     grad_clip: float = 1.0
     mixed_precision: str = "bf16"        # bf16 | fp32
     gradient_checkpointing: bool = True
+    compile: bool = False                # torch.compile each Wan block (inductor: a C++ compiler on the CPU, Triton on
+                                         # a GPU); the first steps of each sample shape pay the compilation
     ema_decay: float = 0.0               # 0 = no EMA
     lora_rank: int = 0                   # 0 = full fine-tune; > 0 = LoRA on the blocks' linear layers (merged on export)
     lora_alpha: float = 0.0              # 0 = rank
+    one_task_per_step: bool = False      # every slot of a step gets the same task, drawn from the stage's mix per step
+                                         # (the marginal mix is unchanged): one reference layout per batch, so a
+                                         # micro-batch whose prompts tokenise to one length runs as ONE forward
     text_dropout: float = 0.1            # null prompt 10% of the time (§3.4)
     aug_t_range: tuple[int, int] = (200, 600)  # augmentation timestep, uniform (§3.2)
     sigma_shift: float = 1.0             # training σ ~ U(0, 1) through the flow shift (1.0 = uniform)

@@ -29,6 +29,12 @@ def slot_of(accumulation_index: int, rank: int, index: int, micro_batch: int, wo
     return (accumulation_index * world_size + rank) * micro_batch + index
 
 
+def step_task_rng(seed: int, step: int) -> np.random.Generator:
+    """The generator of a step's shared task (``[training] one_task_per_step``): its own stream, apart from every
+    slot's."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(step)], spawn_key=(1,)))
+
+
 def draw_task(stage, rng: np.random.Generator) -> str:
     names = sorted(stage.tasks)
     return names[int(rng.choice(len(names), p=[stage.tasks[n] for n in names]))]

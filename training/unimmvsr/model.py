@@ -77,6 +77,20 @@ def enable_gradient_checkpointing(wan: torch.nn.Module) -> None:
         block.forward = forward
 
 
+def compile_blocks(wan: torch.nn.Module, device: torch.device) -> None:
+    """``[training] compile``: torch.compile (inductor) each Wan block in place — parameter names, the state dict and
+    the export are unchanged, and gradient checkpointing (set on the block) is compiled with it. Shapes are
+    marked dynamic after their first change (the tasks' token counts differ), so a run compiles a few times in
+    its first steps. Inductor builds C++ kernels on the CPU: refused with the reason when no compiler is found."""
+    import shutil
+
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        raise ValueError("[training] compile = true needs a C++ compiler on the CPU (inductor builds its kernels "
+                         "with it): install g++ or clang++, or set compile = false")
+    for block in wan.blocks:
+        block.compile()
+
+
 class TrainModule(torch.nn.Module):
     """The trainable upscaler around ComfyUI's WanModel (its augmentation embedding is a sub-module of it)."""
 

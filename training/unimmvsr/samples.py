@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ...core.unimmvsr.references import pad_to, usable_video_frames
 from ...core.unimmvsr.upsampling import upscale_frames
-from .curriculum import draw_task, sample_rng
+from .curriculum import draw_task, sample_rng, step_task_rng
 from .manifest import Item, items_for
 
 
@@ -134,12 +134,11 @@ def _area_window(size: int, out_size: int, start: int, count: int) -> tuple[torc
     """Area resampling of ``size`` → ``out_size`` samples (PyTorch's adaptive average pooling: output i averages
     inputs [⌊i·size/out⌋, ⌈(i+1)·size/out⌉)) restricted to outputs [start, start + count): the [count, n] averaging
     matrix over the n inputs those outputs read, and the first of them."""
-    lo = [(i * size) // out_size for i in range(start, start + count)]
-    hi = [-((-(i + 1) * size) // out_size) for i in range(start, start + count)]
-    first = lo[0]
-    m = torch.zeros(count, hi[-1] - first)
-    for r, (a, b) in enumerate(zip(lo, hi)):
-        m[r, a - first:b - first] = 1.0 / (b - a)
+    i = torch.arange(start, start + count)
+    lo, hi = (i * size) // out_size, -((-(i + 1) * size) // out_size)
+    first = int(lo[0])
+    j = torch.arange(first, int(hi[-1]))
+    m = ((j >= lo[:, None]) & (j < hi[:, None])).float() / (hi - lo)[:, None].float()
     return m, first
 
 
@@ -192,10 +191,11 @@ class SampleBuilder:
 
     def draw(self, stage_index: int, stage, step: int, slot: int, attempt: int = 0) -> Draw:
         """The choices of a slot. With a cache, the content is one of ``cache_variants`` fixed draws per clip and
-        stage (so it can be reused); σ, noise, t_aug and text dropout are drawn afresh every step."""
+        stage (so it can be reused); σ, noise, t_aug and text dropout are drawn afresh every step. The task is the
+        slot's own draw, or the step's (``one_task_per_step``: the same for every slot and redraw of the step)."""
         cfg = self.cfg
         rng = sample_rng(cfg.training.seed, step, slot, attempt)
-        task = draw_task(stage, rng)
+        task = draw_task(stage, step_task_rng(cfg.training.seed, step) if cfg.training.one_task_per_step else rng)
         pool = self.by_task.get(task) or []
         if not pool:
             raise SampleError(f"no clip of the manifest serves task {task}")

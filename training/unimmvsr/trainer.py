@@ -6,8 +6,8 @@ is flow matching in the backbone's own convention — z_t = (1 − σ)·z_HR + �
 ε − x0) — with the LR condition noised in the model's latent space to t_aug ∈ [200, 600] by the sampler's own
 function and fed as the micro-condition, references as the sampler lays them out, and the null prompt 10% of the
 time. A micro-batch's samples of one shape (size, prompt length, references) run as one forward, each with its
-own σ, t_aug and noise. AdamW, bf16 autocast, gradient checkpointing, optional EMA, DDP or FSDP2; checkpoints
-resume exactly.
+own σ, t_aug and noise. AdamW, bf16 autocast, gradient checkpointing, optional torch.compile of the blocks,
+optional EMA, DDP or FSDP2; checkpoints resume exactly.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from . import distributed, manifest, state
 from .config import LOSSES
 from .curriculum import slot_of, stage_at
 from .encoding import LatentEncoder, LatentSample, TextEncoder
-from .model import TrainModule, add_lora, export, load_for_training, training_state_dict
+from .model import TrainModule, add_lora, compile_blocks, export, load_for_training, training_state_dict
 from .samples import SampleBuilder, SampleError
 from .schedule import learning_rate_at
 
@@ -220,6 +220,8 @@ class Trainer:
         process_in = patcher.model.process_latent_in
         timestep_of = patcher.get_model_object("model_sampling").timestep
         model = distributed.wrap(module, dist, tr.sharding)
+        if tr.compile:  # after sharding/wrapping, as FSDP2 asks
+            compile_blocks(wan, dist.device)
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=tr.learning_rate, betas=tr.betas, weight_decay=tr.weight_decay)
         ema = {n: p.detach().clone().float() for n, p in module.named_parameters() if p.requires_grad} \
