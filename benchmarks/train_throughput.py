@@ -6,9 +6,9 @@
 2. The demo's recipe (configs/unimmvsr/demo.toml: dim 256, 4 blocks, 64×64×5 crops, batch 8, its stage-2 task mix)
    in one process on both cores: one forward per sample in fp32 (the trainer before shape-grouped micro-batches)
    against micro-batches of 8 stacked by shape, in fp32 and in bf16 autocast, each slot drawing its own task; then
-   bf16 micro-batches of 8 with one task per step (one forward per step), eager and with torch.compile'd blocks (the
-   demo's setting), against a task per slot, over more steps and as total samples / total time (a step's cost
-   depends on its task).
+   bf16 micro-batches of 8 with one task per step (one reference layout per step; the demo's two prompts and the null
+   prompt still embed to three lengths, so up to three forwards), eager and with torch.compile'd blocks, against a
+   task per slot, over more steps and as total samples / total time (a step's cost depends on its task).
 3. A FLOP-model projection of one training step of Wan 2.1 1.3B (dim 1536, 30 blocks, FFN 8960) at 21 frames
    480p (832×480 → 6×30×52 = 9,360 tokens; 512 text tokens) on one GPU, with and without gradient checkpointing.
 
@@ -125,9 +125,9 @@ def main() -> None:
         print(f"  stacking by shape in {precision}: ×{stacked / single:.2f} over one forward per sample")
     config = demo_config(root, TASK_STEPS)
     task_rates = {}
-    for label, per_step, compiled in (("a task per slot (≈3 forwards a step)", False, False),
-                                      ("one task per step (1 forward a step)", True, False),
-                                      ("one task per step, compiled blocks (the demo's recipe)", True, True)):
+    for label, per_step, compiled in (("a task per slot (a forward per layout × prompt length)", False, False),
+                                      ("one task per step (a forward per prompt length)", True, False),
+                                      ("one task per step, compiled blocks", True, True)):
         task_rates[label] = run(config, f"demo_task_{per_step}_{compiled}", 1,
                                 ("--set", "training.save_every=100000",
                                  "--set", f"training.one_task_per_step={str(per_step).lower()}",
