@@ -127,6 +127,20 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(workspace):
     assert max(float((whole[k] - start[k]).abs().max()) for k in whole) > 1e-3
 
 
+def test_a_compiled_run_trains_like_an_eager_one(workspace):
+    """[training] compile through the CLI: the same first steps as an eager run (loss before any update to 1e-5,
+    the next ones to 1e-3), and a checkpoint of the same keys."""
+    root, config = workspace
+    sets = ["--set", 'data.validation_manifest=""', "--stop-after", "3"]
+    for name, compiled in (("eager", "false"), ("compiled", "true")):
+        cli(config, "--set", f'training.output_dir="{name}"', "--set", f"training.compile={compiled}", *sets)
+    eager, compiled = (metrics(os.path.join(root, d))["loss"] for d in ("eager", "compiled"))
+    assert [s for s, _ in compiled] == [s for s, _ in eager] == [1, 2, 3]
+    assert compiled[0][1] == pytest.approx(eager[0][1], rel=1e-5)
+    assert [v for _, v in compiled[1:]] == pytest.approx([v for _, v in eager[1:]], rel=1e-3)
+    assert trained_params(os.path.join(root, "compiled"), 3).keys() == trained_params(os.path.join(root, "eager"), 3).keys()
+
+
 def steps_where_ranks_run_different_numbers_of_forwards(pack, config, sets: dict, micro: int) -> list[int]:
     """Steps at which rank 0 and rank 1 stack their micro-batches into different numbers of shape groups, judged
     from the draws alone: a rank whose samples are all t2v with the same prompt has exactly one shape; a rank with

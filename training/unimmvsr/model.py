@@ -78,10 +78,11 @@ def enable_gradient_checkpointing(wan: torch.nn.Module) -> None:
 
 
 def compile_blocks(wan: torch.nn.Module, device: torch.device) -> None:
-    """``[training] compile``: torch.compile (inductor) each Wan block in place — parameter names, the state dict and
-    the export are unchanged, and gradient checkpointing (set on the block) is compiled with it. Shapes are
-    marked dynamic after their first change (the tasks' token counts differ), so a run compiles a few times in
-    its first steps. Inductor builds C++ kernels on the CPU: refused with the reason when no compiler is found."""
+    """``[training] compile``: torch.compile (inductor) each Wan block in place (the trainer does it before wrapping
+    the module in DDP/FSDP). Parameter names, the state dict and the export are unchanged, and gradient
+    checkpointing (set on the block) is compiled with it. Shapes are marked dynamic after their first change (the
+    tasks' token counts differ), so a run compiles a few times in its first steps. Inductor builds C++ kernels on
+    the CPU: refused with the reason when no compiler is found."""
     import shutil
 
     if device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):

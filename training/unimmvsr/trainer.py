@@ -219,9 +219,9 @@ class Trainer:
         module.train()
         process_in = patcher.model.process_latent_in
         timestep_of = patcher.get_model_object("model_sampling").timestep
-        model = distributed.wrap(module, dist, tr.sharding)
-        if tr.compile:  # after sharding/wrapping, as FSDP2 asks
+        if tr.compile:  # per block, before DDP/FSDP wrapping (torchtitan's order)
             compile_blocks(wan, dist.device)
+        model = distributed.wrap(module, dist, tr.sharding)
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=tr.learning_rate, betas=tr.betas, weight_decay=tr.weight_decay)
         ema = {n: p.detach().clone().float() for n, p in module.named_parameters() if p.requires_grad} \
