@@ -7,8 +7,9 @@
    in one process on both cores: one forward per sample in fp32 (the trainer before shape-grouped micro-batches)
    against micro-batches of 8 stacked by shape, in fp32 and in bf16 autocast, each slot drawing its own task; then
    bf16 micro-batches of 8 with one task per step (one reference layout per step; the demo's two prompts and the null
-   prompt still embed to three lengths, so up to three forwards), eager and with torch.compile'd blocks, against a
-   task per slot, over more steps and as total samples / total time (a step's cost depends on its task).
+   prompt still embed to three lengths, so up to three forwards; with [data] text_tokens = 36 all three are padded
+   to one length, so one forward), eager and with torch.compile'd blocks, against a task per slot, over more steps
+   and as total samples / total time (a step's cost depends on its task).
 3. A FLOP-model projection of one training step of Wan 2.1 1.3B (dim 1536, 30 blocks, FFN 8960) at 21 frames
    480p (832×480 → 6×30×52 = 9,360 tokens; 512 text tokens) on one GPU, with and without gradient checkpointing.
 
@@ -29,6 +30,7 @@ STEPS = 14
 DEMO_STEPS = 36
 TASK_STEPS = 160    # one task per step: a step's cost depends on its task, so more steps and the overall rate
 TASK_WARM = 60      # steps left out: the compiled run compiles again for each new sample shape in its first steps
+PADDED = 36         # [data] text_tokens: the demo's longest prompt, so its prompts and the null prompt share a length
 STAGE = f"""
 [[stages]]
 name = "bench"
@@ -125,13 +127,17 @@ def main() -> None:
         print(f"  stacking by shape in {precision}: ×{stacked / single:.2f} over one forward per sample")
     config = demo_config(root, TASK_STEPS)
     task_rates = {}
-    for label, per_step, compiled in (("a task per slot (a forward per layout × prompt length)", False, False),
-                                      ("one task per step (a forward per prompt length)", True, False),
-                                      ("one task per step, compiled blocks", True, True)):
-        task_rates[label] = run(config, f"demo_task_{per_step}_{compiled}", 1,
+    for label, per_step, compiled, tokens in (
+            ("a task per slot (a forward per layout × prompt length)", False, False, 0),
+            ("one task per step (a forward per prompt length)", True, False, 0),
+            ("one task per step, compiled blocks", True, True, 0),
+            (f"one task per step, text_tokens {PADDED} (one forward)", True, False, PADDED),
+            (f"one task per step, text_tokens {PADDED}, compiled blocks", True, True, PADDED)):
+        task_rates[label] = run(config, f"demo_task_{per_step}_{compiled}_{tokens}", 1,
                                 ("--set", "training.save_every=100000",
                                  "--set", f"training.one_task_per_step={str(per_step).lower()}",
-                                 "--set", f"training.compile={str(compiled).lower()}"),
+                                 "--set", f"training.compile={str(compiled).lower()}",
+                                 "--set", f"data.text_tokens={tokens}"),
                                 warm=TASK_WARM, threads=2, overall=True)
         print(f"  {label:56s}: {task_rates[label]:.2f} samples/s (steps {TASK_WARM + 1}–{TASK_STEPS}, bf16)")
     base = next(iter(task_rates.values()))

@@ -51,6 +51,7 @@ def test_set_overrides_reach_one_stage_and_bad_indexes_are_named(config_module):
     ({"training": {"sharding": "zero3"}}, "sharding: ddp or fsdp"),
     ({"training": {"lr_schedule": "step"}}, "lr_schedule: constant or cosine"),
     ({"training": {"keep_last": -1}}, "keep_last must be ≥ 0"),
+    ({"data": {"manifest": "m", "text_tokens": -4}}, "text_tokens must be ≥ 0"),
 ])
 def test_bad_configs_name_the_key(config_module, change, message):
     data = {"model": {"parent": "p", "vae": "v"}, "data": {"manifest": "m"},

@@ -219,6 +219,37 @@ def test_a_micro_batch_runs_as_one_forward_per_shape_with_each_samples_own_loss(
             trainer.flow_matching_losses(module, [drawn[0], drawn[1]], *args)
 
 
+def test_text_tokens_zero_pads_prompts_to_one_length_so_their_samples_share_a_forward(pack, tmp_path):
+    """[data] text_tokens: every prompt's embedding gets zero tokens appended up to that length (Wan's own UMT5
+    padding), so samples whose prompts encode to different lengths fall into one shape group; 0 keeps them as
+    encoded, and a prompt longer than the setting is an error naming it."""
+    import types
+    from safetensors.torch import save_file
+    encoding = pack("training.unimmvsr.encoding")
+    trainer = pack("training.unimmvsr.trainer")
+    g = torch.Generator().manual_seed(2)
+    encoded = {"a short prompt": torch.randn(1, 7, 4096, generator=g), "": torch.randn(1, 12, 4096, generator=g),
+               "a longer prompt": torch.randn(1, 12, 4096, generator=g)}
+    os.makedirs(tmp_path / "text")
+    for prompt, context in encoded.items():
+        save_file({"context": context}, str(tmp_path / "text" / (encoding._digest(prompt) + ".safetensors")))
+    as_encoded = encoding.TextEncoder(None, str(tmp_path))
+    padded = encoding.TextEncoder(None, str(tmp_path), tokens=16)
+    for prompt, context in encoded.items():
+        assert torch.equal(as_encoded(prompt), context)
+        out = padded(prompt)
+        assert out.shape == (1, 16, 4096)
+        assert torch.equal(out[:, :context.shape[1]], context) and not out[:, context.shape[1]:].any()
+
+    def drawn(text):
+        hr = torch.zeros(1, 16, 2, 6, 8)
+        return [(types.SimpleNamespace(prompt=p), encoding.LatentSample(hr, hr, [], text(p))) for p in encoded]
+    assert [len(grp) for grp in trainer.group_by_shape(drawn(as_encoded))] == [1, 2]
+    assert [len(grp) for grp in trainer.group_by_shape(drawn(padded))] == [3]
+    with pytest.raises(ValueError, match=r"'a longer prompt' encodes to 12 tokens, more than \[data\] text_tokens = 10"):
+        encoding.TextEncoder(None, str(tmp_path), tokens=10)("a longer prompt")
+
+
 def test_the_loss_option_is_the_squared_or_absolute_velocity_error_recomputed_by_hand(pack, parent):
     """training.loss: "mse" (the flow-matching objective) and "l1" are the mean squared / absolute difference between
     the model's output and ε − z_HR, here recomputed from a direct model call (noise = lr, σ = 1, t_aug = 0: the

@@ -41,6 +41,9 @@ class DataConfig:
     scale: int = 4                       # LR = HR / scale (the base model's resolution)
     cache_dir: str = ""                  # latents + text embeddings as safetensors shards ("" = on the fly)
     text_cache_dir: str = ""             # text embeddings only (when the latents are made on the fly)
+    text_tokens: int = 0                 # zero-pad every prompt's embedding to this many tokens (0 = as encoded): the
+                                         # padding Wan's UMT5 makes itself (min_length 512, padding zeroed), for a
+                                         # small encoder, so prompts of different lengths share one forward
     cache_variants: int = 1              # distinct degradation/augmentation draws kept per clip in the cache
     max_id_images: int = 2               # ID images per MI2V sample (each its own RoPE frame)
     reference_gap: tuple = ()            # frames between the target window and a reference taken from the same
@@ -201,6 +204,7 @@ def parse(data: dict, source: str = "", base_dir: str = "") -> TrainConfig:
         stages.append(stage)
     _check(bool(stages), "the config needs at least one [[stages]] entry")
     _check(dat.scale >= 1, "[data] scale must be ≥ 1")
+    _check(dat.text_tokens >= 0, "[data] text_tokens must be ≥ 0 (0 = prompts as encoded)")
     _check(0 <= deg.sdedit_probability <= 1, "[degradation] sdedit_probability must be in [0, 1]")
     _check(0 <= deg.sdedit_k[0] <= deg.sdedit_k[1] <= deg.sdedit_steps,
            "[degradation] sdedit_k must satisfy 0 ≤ K1 ≤ K2 ≤ sdedit_steps")

@@ -25,13 +25,27 @@ def _digest(*parts) -> str:
     return hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:24]
 
 
+def pad_tokens(context: torch.Tensor, tokens: int, prompt: str = "") -> torch.Tensor:
+    """[1, L, D] → [1, tokens, D] with zero tokens appended (the padding Wan's UMT5 output carries: ComfyUI's
+    tokenizer pads to 512 and zeroes the padding's embeddings); ``tokens`` 0 returns the context unchanged."""
+    length = context.shape[1]
+    if tokens == 0 or length == tokens:
+        return context
+    if length > tokens:
+        raise ValueError(f"prompt {prompt!r} encodes to {length} tokens, more than [data] text_tokens = {tokens}: "
+                         f"shorten it or raise text_tokens")
+    return torch.cat([context, context.new_zeros(context.shape[0], tokens - length, context.shape[2])], dim=1)
+
+
 class TextEncoder:
     """Prompt → [1, L, D] through a ComfyUI CLIP object (as CLIPTextEncode encodes it), memoised, optionally on
-    disk under ``cache_dir/text``."""
+    disk under ``cache_dir/text`` (as encoded); ``tokens`` > 0 zero-pads every result to that length
+    (``pad_tokens``)."""
 
-    def __init__(self, clip, cache_dir: str = ""):
+    def __init__(self, clip, cache_dir: str = "", tokens: int = 0):
         self.clip = clip
         self.cache_dir = os.path.join(cache_dir, "text") if cache_dir else ""
+        self.tokens = tokens
         self.memory: dict[str, torch.Tensor] = {}
 
     def __call__(self, prompt: str) -> torch.Tensor:
@@ -52,6 +66,7 @@ class TextEncoder:
                 tmp = f"{path}.{os.getpid()}.tmp"  # ranks may write the same entry at once
                 save_file({"context": out.contiguous()}, tmp)
                 os.replace(tmp, path)
+        out = pad_tokens(out, self.tokens, prompt)
         self.memory[prompt] = out
         return out
 

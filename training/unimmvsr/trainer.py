@@ -162,7 +162,7 @@ class Trainer:
         if self.clip is None and cfg.model.text_encoder:
             self.clip = comfy.sd.load_clip([cfg.path(cfg.model.text_encoder)],
                                            clip_type=getattr(comfy.sd.CLIPType, cfg.model.text_encoder_type.upper()))
-        self.text = TextEncoder(self.clip, cfg.path(cfg.data.text_cache_dir or cfg.data.cache_dir))
+        self.text = TextEncoder(self.clip, cfg.path(cfg.data.text_cache_dir or cfg.data.cache_dir), cfg.data.text_tokens)
         self.latents = LatentEncoder(self.vae, cfg.path(cfg.data.cache_dir))
         sdedit = None
         if cfg.degradation.sdedit_probability > 0:
