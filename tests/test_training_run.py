@@ -238,3 +238,7 @@ def test_config_and_manifest_errors_name_what_is_wrong(tmp_path):
     out = subprocess.run([PYTHON, SCRIPT, "--config", config, "--set", 'model.parent="models/vae.safetensors"'],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "parent vae.safetensors: not a Wan diffusion model" in out.stderr
+    out = subprocess.run([PYTHON, SCRIPT, "--config", config, "--set", "data.text_tokens=4"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "tokens, more than [data] text_tokens = 4: shorten it" in out.stderr
+    assert "UniMMVSR:" not in out.stderr  # refused while setting up, before the first step (no progress bar yet)
