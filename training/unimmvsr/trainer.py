@@ -175,12 +175,12 @@ class Trainer:
             sdedit = SDEditDegrader(base, self.vae, self.text, cfg.degradation.sdedit_steps, cfg.degradation.sdedit_cfg,
                                     cfg.degradation.sdedit_sampler)
         self.items = manifest.read(cfg.path(cfg.data.manifest))
-        if cfg.data.text_tokens:  # a prompt longer than [data] text_tokens fails here, not hours into the run
-            for prompt in sorted({item.prompt for item in self.items} | {""}):
-                self.text(prompt)
         self.builder = SampleBuilder(cfg, self.items, sdedit)
         self.validation_items = manifest.read(cfg.path(cfg.data.validation_manifest)) \
             if cfg.data.validation_manifest else []
+        if cfg.data.text_tokens:  # a prompt longer than [data] text_tokens fails here, not hours into the run
+            for prompt in sorted({item.prompt for item in self.items + self.validation_items} | {""}):
+                self.text(prompt)
 
     def _draw_latents(self, stage_index, stage, step, slot, skipped):
         for attempt in range(MAX_ATTEMPTS):
