@@ -196,11 +196,13 @@ def test_sdedit_with_k_zero_returns_its_input_and_k_steps_change_it(pack, builde
 
 @pytest.mark.parametrize("size,rescale,aspect", [((720, 1280), (0.25, 0.6), ()), ((272, 640), (0.3, 0.9), ()),
                                                  ((144, 176), (), ()), ((40, 56), (), ()),
-                                                 ((720, 1280), (0.125, 0.6), (0.7, 1.4)), ((144, 176), (), (0.5, 2.0))])
+                                                 ((720, 1280), (0.125, 0.6), (0.7, 1.4)), ((144, 176), (), (0.5, 2.0)),
+                                                 ((96, 120), (0.9, 1.0), (0.6, 1.6))])
 def test_a_crop_equals_scaling_the_whole_frames_then_cutting_the_box(pack, size, rescale, aspect):
     """apply_crop touches only the pixels under the box; the result is what resizing the whole frames (area down,
     bicubic up) and cutting gives, computed here with torch's own interpolate. With ``aspect`` the two axes are
-    scaled apart, by a height/width ratio inside the range (never below covering the crop)."""
+    scaled apart, by a height/width ratio inside the range (never below covering the crop); when that shrinks one
+    axis and enlarges the other, each axis is resized its own way."""
     samples = pack("training.unimmvsr.samples")
     h, w = size
     g = torch.Generator().manual_seed(h)
@@ -214,10 +216,14 @@ def test_a_crop_equals_scaling_the_whole_frames_then_cutting_the_box(pack, size,
         nh, nw = max(48, round(h * sy)), max(64, round(w * sx))
         assert nh >= 48 and nw >= 64 and 0 <= top <= nh - 48 and 0 <= left <= nw - 64
         x = frames.float().div(255).movedim(-1, 1)
-        if (nh, nw) != (h, w):
-            up = max(sy, sx) >= 1
-            x = torch.nn.functional.interpolate(x, size=(nh, nw), mode="bicubic" if up else "area",
-                                                **({"align_corners": False} if up else {})).clamp(0, 1)
+        if (nh, nw) != (h, w):   # one 2-D resize when both axes go the same way, else height then width
+            both = (nh > h) == (nw > w) or nh == h or nw == w
+            steps = [(nh, nw)] if both else [(nh, w), (nh, nw)]
+            for size in steps:
+                up = size[0] > x.shape[-2] or size[1] > x.shape[-1]
+                x = torch.nn.functional.interpolate(x, size=size, mode="bicubic" if up else "area",
+                                                    **({"align_corners": False} if up else {}))
+            x = x.clamp(0, 1)
         expected = x[:, :, top:top + 48, left:left + 64].movedim(1, -1)
         got = samples.apply_crop(frames, box, 64, 48)
         assert got.shape == (3, 48, 64, 3) and got.dtype == torch.float32

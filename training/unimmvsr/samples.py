@@ -113,7 +113,7 @@ def crop_box(height: int, width: int, out_w: int, out_h: int, mode: str, rng: np
 def apply_crop(frames: torch.Tensor, box, width: int, height: int) -> torch.Tensor:
     """[T, h, w, 3] uint8/float → [T, height, width, 3] float in [0, 1] cut by ``crop_box``'s box.
 
-    Equal to scaling the whole frames (area when shrinking, bicubic when enlarging) and cutting the box out; a
+    Equal to scaling the whole frames (area along an axis that shrinks, bicubic along one that grows) and cutting the box out; a
     shrink touches only the source pixels under the box (``_area_window``), so big frames cost what the crop costs."""
     scale, top, left = box
     sy, sx = scale if isinstance(scale, tuple) else (scale, scale)
@@ -128,9 +128,10 @@ def apply_crop(frames: torch.Tensor, box, width: int, height: int) -> torch.Tens
         out = torch.einsum("ry,tcyx,sx->tcrs", rows, window, cols)
         return out.clamp(0, 1).movedim(1, -1).contiguous()
     x = _as_float(frames).movedim(-1, 1)
-    x = F.interpolate(x, size=(nh, nw), mode="area" if max(sy, sx) < 1 else "bicubic",
-                      **({} if max(sy, sx) < 1 else {"align_corners": False})).clamp(0, 1)
-    return x[:, :, top:top + height, left:left + width].movedim(1, -1).contiguous()
+    for size, grow in (((nh, w), nh > h), ((nh, nw), nw > w)):   # one axis at a time: a stretch may shrink one
+        if size != tuple(x.shape[-2:]):                           # and enlarge the other
+            x = F.interpolate(x, size=size, **({"mode": "bicubic", "align_corners": False} if grow else {"mode": "area"}))
+    return x.clamp(0, 1)[:, :, top:top + height, left:left + width].movedim(1, -1).contiguous()
 
 
 def _as_float(frames: torch.Tensor) -> torch.Tensor:
