@@ -1,7 +1,8 @@
 """The committed trained UniMMVSR demo (demo/, README "A trained upscaler you can see"): the checkpoint loads
 through the real server and runs its shipped workflow; its metadata names the config, the command and the hash of
 the training data (recomputed here); the demo's training command, cut to a few steps, writes a checkpoint of the
-same layout; the lossless autoencoder is exact."""
+same layout and retraces the committed run's first losses; the lossless autoencoder is exact."""
+import csv
 import hashlib
 import json
 import os
@@ -22,6 +23,12 @@ import demo_unimmvsr  # noqa: E402
 def header(path):
     with safe_open(path, "pt") as f:
         return f.metadata(), {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def losses(path):
+    """step → loss of a training log (metrics.csv: step, name, value)."""
+    with open(path, newline="") as f:
+        return {int(row["step"]): float(row["value"]) for row in csv.DictReader(f) if row["name"] == "loss"}
 
 
 def test_committed_checkpoint_metadata_names_config_command_and_data():
@@ -80,7 +87,8 @@ def test_committed_checkpoint_runs_its_shipped_workflow_on_the_server(comfy):
 
 
 def test_the_demo_training_command_cut_short_writes_the_same_layout(tmp_path):
-    out = subprocess.run([PYTHON, os.path.join(REPO, "scripts", "demo_train.py"), "--stop-after", "2",
+    steps = 12
+    out = subprocess.run([PYTHON, os.path.join(REPO, "scripts", "demo_train.py"), "--stop-after", str(steps),
                           "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
                           "--set", "stages.1.steps=11000",    # the longer run's override reaches the trainer
                           "--set", "data.crop_rescale=[0.125, 0.6]"],   # a value with a space: recorded quoted
@@ -89,12 +97,19 @@ def test_the_demo_training_command_cut_short_writes_the_same_layout(tmp_path):
     meta, shapes = header(str(tmp_path / "out" / os.path.basename(DEMO_CHECKPOINT)))
     committed_meta, committed_shapes = header(DEMO_CHECKPOINT)
     assert shapes == committed_shapes
-    assert meta["unimmvsr_train_steps"] == "2"
+    assert meta["unimmvsr_train_steps"] == str(steps)
     assert "--set stages.1.steps=11000" in meta["unimmvsr_train_command"]   # recorded with the checkpoint
     assert "--set 'data.crop_rescale=[0.125, 0.6]'" in meta["unimmvsr_train_command"]
     assert {k for k in meta if k != "unimmvsr_train_steps"} == {k for k in committed_meta if k != "unimmvsr_train_steps"}
     assert meta["unimmvsr_train_data_sha256"] == committed_meta["unimmvsr_train_data_sha256"]
     assert os.path.getsize(tmp_path / "out" / "unimmvsr_demo_training_loss.png") > 1000
+    # the recipe still makes the committed run: the same samples, model and updates give the committed log's losses
+    # (within 0.1%, room for another CPU's float rounding; another sample, crop or update moves a loss by percents)
+    ours = losses(tmp_path / "out" / "unimmvsr_demo_training_log.csv")
+    committed = losses(os.path.join(os.path.dirname(DEMO_CHECKPOINT), "unimmvsr_demo_training_log.csv"))
+    assert sorted(ours) == list(range(1, steps + 1))
+    for step, loss in ours.items():
+        assert abs(loss - committed[step]) <= 1e-3 * committed[step], (step, loss, committed[step])
 
 
 def test_space_to_depth_autoencoder_is_exact_and_speaks_comfyuis_vae_interface():
