@@ -1,6 +1,6 @@
 """Train the demo upscaler committed in demo/ (README "A trained upscaler you can see").
 
-    .venv/bin/python scripts/demo_train.py                  # the full run (≈ 25–30 min on 2 CPU cores)
+    .venv/bin/python scripts/demo_train.py                  # the full run (≈ 21–32 min on 2 CPU cores)
     .venv/bin/python scripts/demo_train.py --stop-after 3   # the same recipe cut short (tests)
     .venv/bin/python scripts/demo_train.py --out /tmp/long --set stages.0.steps=1000 --set stages.1.steps=11000
                                                             # 3.3× the steps (README: ≈ 90 min; it does not close the gap)
