@@ -1,20 +1,24 @@
 """Entry point of a multi-GPU UniMMVSR worker (README "4K on many GPUs").
 
 Rank 0 (ComfyUI with the UniMMVSR Multi-GPU node) starts one per extra local GPU by itself. On another machine,
-with ComfyUI and this pack installed and the same checkpoints in its models folders:
+with ComfyUI and this pack installed and the same checkpoints in its models folders, and the same secret as the
+ComfyUI machine in the environment:
 
+    export UNICASCADE_RENDEZVOUS_SECRET=<the value set for ComfyUI>
     torchrun --nproc-per-node 8 <ComfyUI>/custom_nodes/<this pack>/worker.py \\
         --master-addr <rank 0's host> --master-port <the node's rendezvous port>
 
 Each process takes a free remote slot (the GPU of its torchrun LOCAL_RANK) and serves prompts until stopped;
-when ComfyUI restarts, it joins again. ``python -m <pack>.worker`` works too where the folder name is a module
-name.
+when the pool is released or ComfyUI restarts, it joins the next pool within seconds (``--give-up-after`` makes
+it exit instead once rank 0 has been unreachable that long). ``python -m <pack>.worker`` works too where the
+folder name is a module name.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
 import importlib
+import json
 import logging
 import os
 import signal
@@ -31,10 +35,12 @@ def parse(argv=None):
     p.add_argument("--comfyui", default=None, help="ComfyUI's folder (default: the one this pack is installed in)")
     p.add_argument("--base-directory", default=None, help="ComfyUI base directory holding models/ (default: --comfyui)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--join-timeout", type=float, default=600.0, help="seconds to wait for rank 0's store")
+    p.add_argument("--give-up-after", type=float, default=0.0,
+                   help="exit once rank 0 has been unreachable this many seconds (default 0: keep waiting)")
+    p.add_argument("--store-timeout", type=float, default=600.0,
+                   help="seconds a rendezvous read may wait (joining, loading a model)")
     # set by rank 0 for the workers it starts itself
     p.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--generation", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--cpu-core", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -90,9 +96,15 @@ def main(argv=None) -> int:
 
     comfy.cli_args.args.cpu = cpu
     comfy.cli_args.args.base_directory = args.base_directory or comfy_dir
-    import folder_paths  # noqa: F401  (reads the base directory)
+    import folder_paths  # (reads the base directory)
 
     import_pack()
+    # a local worker gets rank 0's model folders (extra_model_paths.yaml and all) from its parent's environment;
+    # nothing from the rendezvous ever names a path
+    for folder, paths in json.loads(os.environ.get("UNICASCADE_MODEL_FOLDERS", "{}")).items():
+        for path in paths:
+            if folder in folder_paths.folder_names_and_paths and os.path.isdir(path):
+                folder_paths.add_model_folder_path(folder, path)
     nodes = importlib.import_module(f"{PACKAGE if not __package__ else __package__}.nodes")
     node_classes = {cls.define_schema().node_id: cls for cls in nodes.node_classes()}
     worker = importlib.import_module(f"{PACKAGE if not __package__ else __package__}.distributed.worker")

@@ -4,18 +4,21 @@ ComfyUI's process is rank 0. ``local_ranks − 1`` workers are started on this m
 child processes running the pack's ``worker.py`` (the same entry remote machines start with torchrun; ComfyUI
 imports custom nodes under file-path module names, which a ``torch.multiprocessing`` spawn child could not
 re-import) — and ``remote_ranks`` join from other machines through the rendezvous address. Everyone meets in a
-``torch.distributed`` process group (NCCL on GPUs, gloo on CPU) created over a ``TCPStore`` that rank 0 hosts.
+``torch.distributed`` process group (NCCL on GPUs, gloo on CPU) created over rank 0's authenticated rendezvous
+(distributed/rendezvous.py: a socket bound to loopback unless the user names an address; a peer must prove the
+pool's secret — random per pool when all ranks are local, ``$UNICASCADE_RENDEZVOUS_SECRET`` with remote ranks).
 The pool stays up across queued prompts; a change of settings, a dead or hung rank, ``POST
-/unicascade/unimmvsr/release`` or the server's exit ends it (workers are killed; local ones also die with their
-parent through PR_SET_PDEATHSIG). Each new group is a new *generation* of keys in the store, so a failed group
-never mixes with the next.
+/unicascade/unimmvsr/release`` (deferred to the end of a running prompt) or the server's exit ends it (workers are
+killed; local ones also die with their parent through PR_SET_PDEATHSIG). Each pool has a new random nonce, so a
+remote worker tells a restarted pool from the one it served and joins it at once.
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
+import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -24,23 +27,20 @@ from datetime import timedelta
 
 import torch
 
+from . import rendezvous
 from .settings import MultiGPUSettings
 from .wire import Channel
 
 log = logging.getLogger("UniCascade")
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER_SCRIPT = os.path.join(PACK_ROOT, "worker.py")
-OPEN_KEY = "unicascade/open"
+INTERFACE_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+MODEL_FOLDERS_ENV = "UNICASCADE_MODEL_FOLDERS"   # rank 0's model folder lists, handed to the workers it starts
+REPLAYED_FOLDERS = ("unimmvsr", "diffusion_models")
 
 
 class RankFailure(RuntimeError):
     """A rank died, hung or failed; the message names it. The pool is gone; the next prompt starts a new one."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def backend_for(settings: MultiGPUSettings, device: torch.device) -> str:
@@ -67,16 +67,17 @@ class WorkerPool:
         self.device = device
         self.backend = backend_for(settings, device)
         self.procs: dict[int, subprocess.Popen] = {}
+        self.gate: rendezvous.Gate | None = None
         self.store = None
         self.channel: Channel | None = None
-        self.generation = 0
-        self.commands = 0
+        self.secret = ""
         self.step_counter = 0
         self.model_key = None
         self.alive = False
         # joining and loading a model (CUDA start-up, reading 14B weights) take longer than a step's windows
         self.join_timeout = max(settings.timeout, 600.0)
-        self.lock = threading.Lock()
+        self.in_use = 0                 # prompts sampling with the pool now (0 or 1: ComfyUI runs one at a time)
+        self.release_when_idle = False  # a release that arrived during a prompt: done when it ends
 
     # -- start ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -87,57 +88,54 @@ class WorkerPool:
                                "multi-GPU UniMMVSR needs its own process group")
         s = self.settings
         host, port = s.address()
-        port = port or free_port()
+        local_only = s.remote_ranks == 0
+        # remote pools: the operator's secret (refused without one); local-only: a random one per pool, handed to
+        # the workers through their environment (other users on the machine can reach loopback too)
+        self.secret = (rendezvous.new_secret() if local_only
+                       else rendezvous.secret_from_environment("UniMMVSR Multi-GPU with remote_ranks > 0"))
         try:
-            self.store = dist.TCPStore("0.0.0.0" if s.remote_ranks else host, port, is_master=True,
-                                       timeout=timedelta(seconds=s.timeout), wait_for_workers=False)
-        except Exception as e:
-            raise RuntimeError(f"rendezvous: cannot listen on port {port} ({e})") from e
-        self.generation = int(self.store.add("unicascade/generation", 1))
-        ch = self.channel = Channel(self.store, self.generation)
+            self.gate = rendezvous.Gate(host, port, rendezvous.derive_key(self.secret))
+        except OSError as e:
+            raise RuntimeError(f"rendezvous: cannot listen on {host}:{port} ({e})") from e
+        self.store = rendezvous.LocalStore(self.gate, s.timeout)
+        ch = self.channel = Channel(self.store)
         ch.set("world", {"world_size": s.world_size, "local_ranks": s.local_ranks, "remote_ranks": s.remote_ranks,
                          "backend": self.backend, "timeout": s.timeout})
-        self.store.set(OPEN_KEY, str(self.generation))
-        self.address = (host, port)
-        self._loopback_env(s.remote_ranks == 0)
+        self.address = (host, self.gate.port)
         try:
             for rank in range(1, s.local_ranks):
-                self.procs[rank] = self._spawn(rank, host, port)
+                self.procs[rank] = self._spawn(rank, host, self.gate.port, local_only)
             self._wait_all("alive", "join", self.join_timeout)
             if s.pin_cpus and self.device.type == "cpu":
                 os.sched_setaffinity(0, {0})
                 torch.set_num_threads(1)
-            dist.init_process_group(self.backend, store=dist.PrefixStore(ch.key("pg"), self.store), rank=0,
-                                    world_size=s.world_size, timeout=timedelta(seconds=s.timeout))
+            with socket_interface("lo" if local_only else None):   # only while the transports bind
+                dist.init_process_group(self.backend, store=dist.PrefixStore(ch.key("pg"), self.store), rank=0,
+                                        world_size=s.world_size, timeout=timedelta(seconds=s.timeout))
+                warm_up(pool_device(self))
         except BaseException:
             self.close()
             raise
         self.alive = True
-        log.info("UniMMVSR multi-GPU: %d ranks on %s (%d local, %d remote), generation %d", s.world_size,
-                 self.backend, s.local_ranks, s.remote_ranks, self.generation)
+        log.info("UniMMVSR multi-GPU: %d ranks on %s (%d local, %d remote), rendezvous %s:%d", s.world_size,
+                 self.backend, s.local_ranks, s.remote_ranks, host, self.gate.port)
 
-    @staticmethod
-    def _loopback_env(local_only: bool) -> None:
-        """A local-only group talks over loopback (SPEC §7: the transports have no authentication); with remote
-        ranks, the interface the user's routing picks (or their own GLOO/NCCL_SOCKET_IFNAME)."""
-        for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
-            if local_only and var not in os.environ:
-                os.environ[var] = "lo"
-                _OURS.add(var)
-            elif not local_only and var in _OURS:
-                os.environ.pop(var, None)
-                _OURS.discard(var)
-
-    def _spawn(self, rank: int, host: str, port: int) -> subprocess.Popen:
+    def _spawn(self, rank: int, host: str, port: int, local_only: bool) -> subprocess.Popen:
         import folder_paths
 
         env = dict(os.environ)
+        env[rendezvous.SECRET_ENV] = self.secret          # environment, not argv (argv is readable by anyone)
+        env[MODEL_FOLDERS_ENV] = json.dumps({f: list(folder_paths.folder_names_and_paths[f][0])
+                                             for f in REPLAYED_FOLDERS if f in folder_paths.folder_names_and_paths})
+        if local_only:
+            for var in INTERFACE_VARIABLES:
+                env.setdefault(var, "lo")
         device = "cpu"
         if self.device.type == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = visible_gpu(rank)
             device = "cuda"
         cmd = [sys.executable, WORKER_SCRIPT, "--master-addr", host, "--master-port", str(port), "--rank", str(rank),
-               "--generation", str(self.generation), "--comfyui", os.path.dirname(os.path.abspath(folder_paths.__file__)),
+               "--comfyui", os.path.dirname(os.path.abspath(folder_paths.__file__)),
                "--base-directory", folder_paths.base_path, "--device", device, "--parent-pid", str(os.getpid())]
         if self.settings.pin_cpus and device == "cpu":
             cmd += ["--cpu-core", str(rank % os.cpu_count())]
@@ -179,14 +177,17 @@ class WorkerPool:
 
     # -- commands ---------------------------------------------------------------------------------------
     def command(self, op: str, **fields) -> int:
-        self.commands += 1
-        self.channel.set(f"cmd/{self.commands}", {"op": op, **fields})
-        return self.commands
+        number = self.channel.add("commands", 1)   # one counter for every writer: numbers never collide
+        self.channel.set(f"cmd/{number}", {"op": op, **fields})
+        return number
+
+    def refusals(self, number: int) -> list[str]:
+        """Workers' reasons for refusing command ``number`` (distributed/command_checks.py)."""
+        return [f"rank {r} refused it: {self.channel.get(f'refused/{number}/{r}')}"
+                for r in range(1, self.settings.world_size) if self.channel.has(f"refused/{number}/{r}")]
 
     def ensure_model(self, model) -> None:
         """Workers hold the model rank 0 samples with: rebuilt from its recipe, patch signatures compared."""
-        import folder_paths
-
         from .recipe import recipe_of, signature
 
         recipe = recipe_of(model)
@@ -194,9 +195,7 @@ class WorkerPool:
         key = repr((recipe, want))
         if key == self.model_key:
             return
-        search = {f: list(folder_paths.folder_names_and_paths[f][0]) for f in ("unimmvsr", "diffusion_models")
-                  if f in folder_paths.folder_names_and_paths}
-        n = self.command("load", recipe=recipe, search_paths=search)
+        n = self.command("load", recipe=recipe)
         answers = self._wait_all(f"loaded/{n}", "model loading", self.join_timeout)
         for rank, answer in sorted(answers.items()):
             if answer.get("error"):
@@ -210,14 +209,14 @@ class WorkerPool:
 
     # -- end ----------------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Tell the workers to leave, end the group, stop local workers (killing them if they do not exit)."""
+        """Tell the workers to leave, end the group, stop local workers (killing them if they do not exit), stop
+        listening: the rendezvous port is free when this returns."""
         import torch.distributed as dist
 
         self.alive = False
         try:
             if self.channel is not None:
                 self.channel.set("closed", True)
-                self.store.set(OPEN_KEY, "0")
         except Exception:
             pass
         if dist.is_initialized():
@@ -236,16 +235,41 @@ class WorkerPool:
                 p.kill()
                 p.wait()
         self.procs = {}
-        self.store = None
+        if self.gate is not None:
+            self.gate.close()
+        self.gate = self.store = self.channel = None
 
 
-_OURS: set[str] = set()     # loopback variables this module set (and may unset)
+@contextlib.contextmanager
+def socket_interface(name: str | None):
+    """GLOO/NCCL_SOCKET_IFNAME = ``name`` while the process group's transports bind, then as they were (never
+    left in ComfyUI's environment, where other packs would see them); the user's own values are kept."""
+    ours = [v for v in INTERFACE_VARIABLES if name and v not in os.environ]
+    for var in ours:
+        os.environ[var] = name
+    try:
+        yield
+    finally:
+        for var in ours:
+            os.environ.pop(var, None)
+
+
+def warm_up(device: torch.device) -> None:
+    """One collective, so NCCL creates its communicator (and binds) inside ``socket_interface``, as gloo does."""
+    torch.distributed.all_reduce(torch.zeros(1, device=device))
+
+
+def pool_device(pool) -> torch.device:
+    return pool.device if pool.backend == "nccl" else torch.device("cpu")
+
+
 _pool: WorkerPool | None = None
 _pool_lock = threading.Lock()
 
 
 def pool_for(settings: MultiGPUSettings, device: torch.device) -> WorkerPool:
-    """The resident pool for ``settings`` (started, or restarted when the settings changed or a rank died)."""
+    """The resident pool for ``settings`` (started, or restarted when the settings changed or a rank died),
+    marked in use until ``finished``."""
     global _pool
     with _pool_lock:
         if _pool is not None:
@@ -259,18 +283,35 @@ def pool_for(settings: MultiGPUSettings, device: torch.device) -> WorkerPool:
             pool = WorkerPool(settings, device)
             pool.start()
             _pool = pool
+        _pool.in_use += 1
         return _pool
 
 
-def release() -> bool:
-    """End the resident pool (if any). True when there was one."""
+def finished(pool: WorkerPool) -> None:
+    """A prompt is done with ``pool``; a release asked for meanwhile happens now."""
+    global _pool
+    with _pool_lock:
+        pool.in_use = max(0, pool.in_use - 1)
+        if pool.release_when_idle and pool.in_use == 0:
+            pool.close()
+            if _pool is pool:
+                _pool = None
+            log.info("UniMMVSR multi-GPU: workers released after the prompt that was using them")
+
+
+def release() -> dict:
+    """End the resident pool, or (while a prompt samples with it) as soon as that prompt ends: never mid-step.
+    Blocks for the teardown (seconds): call it off the server's event loop."""
     global _pool
     with _pool_lock:
         if _pool is None:
-            return False
+            return {"released": False, "pending": False}
+        if _pool.in_use:
+            _pool.release_when_idle = True
+            return {"released": False, "pending": True}
         _pool.close()
         _pool = None
-        return True
+        return {"released": True, "pending": False}
 
 
 def discard(pool: WorkerPool) -> None:

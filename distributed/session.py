@@ -37,13 +37,17 @@ def shares_for(evaluator, world_size: int) -> list[list[int]]:
 
 
 def step_session(guider, evaluator, model_options: dict) -> "Session":
+    """The pool's session for one sampler call; ``Session.finish`` hands the pool back (a release requested
+    meanwhile happens then)."""
     device = guider.model_patcher.load_device
     pool = pools.pool_for(guider.distributed, torch.device(device))
     try:
         pool.ensure_model(guider.model_patcher)
         return Session(pool, guider, evaluator, model_options)
-    except pools.RankFailure:
-        pools.discard(pool)
+    except BaseException as e:
+        if isinstance(e, pools.RankFailure):
+            pools.discard(pool)
+        pools.finished(pool)
         raise
 
 
@@ -74,11 +78,18 @@ class Session:
                      shape=list(evaluator.shape), windows=len(self.windows), shares=self.shares,
                      config={"backbone": config.backbone, "latent_channels": config.latent_channels,
                              "id_start": config.id_start, "video_start": config.video_start})
-        self.guard(lambda: broadcast_tensors(tensors, pool_device(pool)), f"at/{number}", "the prompt's broadcast")
+        self.guard(lambda: broadcast_tensors(tensors, pools.pool_device(pool)), f"at/{number}",
+                   "the prompt's broadcast", number)
         self.seconds = {"broadcast": 0.0, "windows": 0.0, "reduce": 0.0}   # read by benchmarks/unimmvsr_multi.py
         self.bytes_per_step = 0
+        self.finished = False
 
-    def guard(self, fn, arrival: str, what: str):
+    def finish(self) -> None:
+        if not self.finished:
+            self.finished = True
+            pools.finished(self.pool)
+
+    def guard(self, fn, arrival: str, what: str, command: int | None = None):
         """Run a collective; a failure (a peer gone or stopped) ends the pool with the rank named.
 
         Every worker sets ``<arrival>/<rank>`` just before it enters the same collective, so a rank that never got
@@ -92,7 +103,8 @@ class Session:
         except Exception as e:
             if isinstance(e, comfy.model_management.InterruptProcessingException):
                 raise
-            culprit = self.pool.dead_local_rank() or self._stalled_in(arrival, what)
+            refused = self.pool.refusals(command) if command is not None and self.pool.channel is not None else []
+            culprit = "; ".join(refused) or self.pool.dead_local_rank() or self._stalled_in(arrival, what)
             pools.discard(self.pool)
             raise pools.RankFailure(f"UniMMVSR multi-GPU: {culprit or 'a rank failed during ' + what}; the workers "
                                     f"were stopped and will be restarted by the next prompt "
@@ -113,13 +125,14 @@ class Session:
     def step(self, x: torch.Tensor, timestep, sigma: float, u: float, s_ref: float, model_options: dict) -> torch.Tensor:
         pool, guider, evaluator = self.pool, self.guider, self.evaluator
         ch = pool.channel
-        pool.step_counter += 1       # store keys of a step are unique in the pool's generation
+        pool.step_counter += 1       # store keys of a step are unique in the pool
         k = pool.step_counter
         number = pool.command("step", step=k, sigma=sigma, u=u, s_ref=s_ref, latent_shape=list(x.shape),
                      latent_dtype=str(x.dtype), timestep_shape=list(timestep.shape), timestep_dtype=str(timestep.dtype))
-        device = pool_device(pool)
+        device = pools.pool_device(pool)
         t0 = time.perf_counter()
-        sent = self.guard(lambda: broadcast_tensors([x, timestep], device), f"at/{number}", f"step {k}'s broadcast")
+        sent = self.guard(lambda: broadcast_tensors([x, timestep], device), f"at/{number}", f"step {k}'s broadcast",
+                          number)
         t1 = time.perf_counter()
         guider.record(event="unimmvsr_shares", step=k, sigma=sigma, shares=self.shares, bytes_broadcast=sent)
         blend = tiling.Blender(x.shape, dtype=torch.float32, device=x.device)
@@ -220,6 +233,3 @@ class Session:
             delay = min(0.05, delay * 1.5)
         return errors
 
-
-def pool_device(pool) -> torch.device:
-    return pool.device if pool.backend == "nccl" else torch.device("cpu")

@@ -16,11 +16,12 @@ UNSUPPORTED_COND_KEYS = ("mask", "control", "gligen", "hooks", "patches")
 
 
 class Channel:
-    """Keys of one process-group generation ``g`` in the store."""
+    """JSON values under named keys of a pool's store (distributed/rendezvous.py: one store per pool, so names
+    never collide with an earlier pool's)."""
 
-    def __init__(self, store, generation: int):
+    def __init__(self, store, prefix: str = "unicascade/"):
         self.store = store
-        self.prefix = f"unicascade/g{generation}/"
+        self.prefix = prefix
 
     def key(self, name: str) -> str:
         return self.prefix + name

@@ -1,9 +1,11 @@
 """A multi-GPU UniMMVSR worker: joins rank 0's process group, rebuilds its model, denoises its share of windows.
 
-Started by rank 0 for each extra local GPU, or on other machines by torchrun (README "4K on many GPUs"). It waits
-for commands in the rendezvous store (so it can idle between prompts indefinitely), receives tensors by
-broadcast, and answers each step with its windows' Σ w·x̂ and Σ w in the all-reduce. When rank 0's group ends
-(closed, or broken by a failure) a local worker exits; a remote one returns to the rendezvous for the next group.
+Started by rank 0 for each extra local GPU, or on other machines by torchrun (README "4K on many GPUs"). It proves
+the pool's secret to rank 0's rendezvous (distributed/rendezvous.py), waits there for commands (so it can idle
+between prompts indefinitely), checks each one (distributed/command_checks.py: a refused command is logged and
+answered, the worker keeps serving), receives tensors by broadcast, and answers each step with its windows'
+Σ w·x̂ and Σ w in the all-reduce. When rank 0's pool ends (closed, broken by a failure, or rank 0 gone) a local
+worker exits; a remote one connects again and joins the next pool (each pool has a new nonce) within seconds.
 """
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ from datetime import timedelta
 
 import torch
 
+from . import command_checks, rendezvous
 from .wire import Channel, receive_tensors, unpack_conds
 
 log = logging.getLogger("UniCascade")
-OPEN_KEY = "unicascade/open"
+RETRY_SECONDS = 1.0   # a remote worker's pause between connection attempts (rank 0 down or restarting)
 FAULTS_ENV = "UNICASCADE_TEST_FAULTS"   # tests only: a file naming a point where this worker stops itself
 
 
@@ -43,19 +46,19 @@ def fault_point(name: str) -> None:
 
 
 class GroupEnded(Exception):
-    """Rank 0 closed this generation or started a new one."""
+    """Rank 0 closed this pool, or it is gone."""
 
 
 class Worker:
-    def __init__(self, store, generation: int, rank: int | None, device: torch.device, parent_pid: int | None,
-                 node_classes: dict, trace: str | None):
-        self.store, self.generation, self.device = store, generation, device
-        self.channel = Channel(store, generation)
+    def __init__(self, store, rank: int | None, device: torch.device, parent_pid: int | None, node_classes: dict,
+                 trace: str | None):
+        self.store, self.device = store, device
+        self.channel = Channel(store)
         self.world = self.channel.get("world")
         if rank is None:  # a remote worker takes the next remote slot
             slot = self.channel.add("joined", 1)
             if slot > self.world["remote_ranks"]:
-                raise GroupEnded(f"all {self.world['remote_ranks']} remote slots of generation {generation} are taken")
+                raise GroupEnded(f"all {self.world['remote_ranks']} remote slots of this pool are taken")
             rank = self.world["local_ranks"] + slot - 1
         self.rank = rank
         self.parent_pid = parent_pid
@@ -63,6 +66,7 @@ class Worker:
         self.trace = trace
         self.model = None
         self.state = None
+        self.latent = None            # the declared latent of the current prompt (command_checks)
         self.prompt_error = "no prompt received"
         self.next_command = 1
 
@@ -73,11 +77,9 @@ class Worker:
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             return False
         try:
-            if self.channel.has("closed") or self.store.get(OPEN_KEY).decode() != str(self.generation):
-                return False
-        except Exception:  # the store (rank 0) is gone
+            return not self.channel.has("closed")
+        except Exception:  # the rendezvous (rank 0) is gone
             return False
-        return True
 
     def join(self) -> None:
         import torch.distributed as dist
@@ -86,26 +88,39 @@ class Worker:
         dist.init_process_group(self.world["backend"], store=dist.PrefixStore(self.channel.key("pg"), self.store),
                                 rank=self.rank, world_size=self.world["world_size"],
                                 timeout=timedelta(seconds=self.world["timeout"]))
-        log.info("UniMMVSR worker: rank %d of %d joined (generation %d, %s)", self.rank, self.world["world_size"],
-                 self.generation, self.world["backend"])
+        dist.all_reduce(torch.zeros(1, device=self.comm_device()))   # rank 0's warm-up (pool.warm_up)
+        log.info("UniMMVSR worker: rank %d of %d joined (%s)", self.rank, self.world["world_size"],
+                 self.world["backend"])
 
     def serve(self) -> None:
         while True:
             cmd = self.channel.wait(f"cmd/{self.next_command}", 1.0, self.alive)
             if cmd is None:
                 if not self.alive():
-                    raise GroupEnded("rank 0 closed the group")
+                    raise GroupEnded("rank 0 closed the pool")
                 continue
             number = self.next_command
             self.next_command += 1
-            getattr(self, "do_" + cmd["op"])(number, cmd)
+            try:
+                op = command_checks.check_op(cmd)
+                getattr(self, "do_" + op)(number, cmd)
+            except command_checks.CommandRefused as e:
+                self.refuse(number, cmd, str(e))
+
+    def refuse(self, number: int, cmd, reason: str) -> None:
+        op = cmd.get("op") if isinstance(cmd, dict) else "?"
+        log.warning("UniMMVSR worker rank %d: refused command %d (%s): %s", self.rank, number, op, reason)
+        self.channel.set(f"refused/{number}/{self.rank}", reason)
+        if op == "load":     # rank 0 waits for this answer
+            self.channel.set(f"loaded/{number}/{self.rank}", {"error": f"refused: {reason}"})
+        if op == "step":
+            self.channel.set(f"fin/{cmd.get('step')}/{self.rank}", {"error": f"refused: {reason}"})
 
     # -- commands ---------------------------------------------------------------------------------------
     def do_load(self, number: int, cmd: dict) -> None:
-        import folder_paths
-
         from .recipe import replay, signature
 
+        command_checks.check_recipe(cmd.get("recipe"), self.node_classes)
         try:
             if self.model is not None:  # a new model replaces the old one: free it first
                 import comfy.model_management
@@ -113,10 +128,6 @@ class Worker:
                 self.model = self.state = None
                 comfy.model_management.unload_all_models()
                 comfy.model_management.soft_empty_cache()
-            for folder, paths in cmd["search_paths"].items():
-                for path in paths:
-                    if os.path.isdir(path) and folder in folder_paths.folder_names_and_paths:
-                        folder_paths.add_model_folder_path(folder, path)
             self.model = replay(cmd["recipe"], self.node_classes)
             answer = {"signature": signature(self.model)}
         except Exception as e:
@@ -126,6 +137,9 @@ class Worker:
         self.channel.set(f"loaded/{number}/{self.rank}", answer)
 
     def do_prompt(self, number: int, cmd: dict) -> None:
+        self.state, self.latent = None, None
+        command_checks.check_prompt(cmd)
+        self.latent = list(cmd["shape"])
         self.channel.set(f"at/{number}/{self.rank}", True)   # rank 0 names the ranks that never arrived
         tensors = receive_tensors(cmd["tensors"], self.comm_device())
         self.state, self.prompt_error = None, "no model loaded (its loading failed)"
@@ -173,6 +187,7 @@ class Worker:
 
         from ..core.unimmvsr import tiling
 
+        command_checks.check_step(cmd, self.latent)
         k = cmd["step"]
         self.channel.set(f"at/{number}/{self.rank}", True)
         x, timestep = receive_tensors([{"shape": cmd["latent_shape"], "dtype": cmd["latent_dtype"]},
@@ -217,51 +232,58 @@ class Worker:
 
 
 def run(args, node_classes: dict, trace: str | None) -> int:
-    """Serve rank 0 until it ends the group (local worker) or forever, rejoining each new group (remote)."""
+    """Serve rank 0 until it ends the pool (local worker), or forever, joining each new pool (remote)."""
     import torch.distributed as dist
 
     device = torch.device("cuda" if args.device == "cuda" else "cpu")
     remote = args.rank is None
-    seen = set()
-    store = None
+    try:
+        key = rendezvous.derive_key(rendezvous.secret_from_environment("A UniMMVSR worker"))
+    except rendezvous.SecretMissing as e:
+        log.error("%s", e)
+        return 2
+    served: set[bytes] = set()   # nonces of pools this worker served: a restarted pool has a new one
+    unreachable_since = None
     while True:
-        if store is None:
-            store = dist.TCPStore(args.master_addr, args.master_port, is_master=False,
-                                  timeout=timedelta(seconds=args.join_timeout), wait_for_workers=False)
-        if remote:
-            try:
-                generation = wait_for_open_generation(store, seen)
-            except Exception as e:  # rank 0 went away (ComfyUI restarted): connect again
-                log.info("UniMMVSR worker: rendezvous lost (%s); reconnecting", e)
-                store = None
-                time.sleep(1.0)
-                continue
-        else:
-            generation = args.generation
-        seen.add(generation)
         try:
-            worker = Worker(store, generation, args.rank, device, args.parent_pid, node_classes, trace)
+            store = rendezvous.ClientStore(args.master_addr, args.master_port, key, wait_seconds=args.store_timeout)
+        except rendezvous.AuthenticationError as e:
+            log.error("UniMMVSR worker: %s; exiting", e)
+            return 2
+        except OSError as e:
+            if not remote:
+                log.info("UniMMVSR worker: rank 0 is gone (%s); exiting", e)
+                return 0
+            now = time.monotonic()
+            if unreachable_since is None:
+                unreachable_since = now
+                log.info("UniMMVSR worker: waiting for rank 0 at %s:%d (%s)", args.master_addr, args.master_port, e)
+            if args.give_up_after and now - unreachable_since > args.give_up_after:
+                log.error("UniMMVSR worker: rank 0 at %s:%d unreachable for %.0f s (--give-up-after); exiting",
+                          args.master_addr, args.master_port, now - unreachable_since)
+                return 1
+            time.sleep(RETRY_SECONDS)
+            continue
+        unreachable_since = None
+        if store.nonce in served:   # the pool this worker served (and left) is still up: wait for a new one
+            store.close()
+            time.sleep(RETRY_SECONDS)
+            continue
+        served.add(store.nonce)
+        try:
+            worker = Worker(store, args.rank, device, args.parent_pid, node_classes, trace)
             worker.join()
             worker.serve()
         except GroupEnded as e:
-            log.info("UniMMVSR worker: generation %d ended (%s)", generation, e)
-        except Exception as e:  # a broken collective: rank 0 failed or gave up on this group
-            log.warning("UniMMVSR worker: generation %d broke (%s: %s)", generation, type(e).__name__, e)
+            log.info("UniMMVSR worker: pool ended (%s)", e)
+        except Exception as e:  # a broken collective or a lost rendezvous: rank 0 failed or gave up on this pool
+            log.warning("UniMMVSR worker: pool broke (%s: %s)", type(e).__name__, e)
         finally:
             if dist.is_initialized():
                 try:
                     dist.destroy_process_group()
                 except Exception:
                     pass
+            store.close()
         if not remote:
             return 0
-
-
-def wait_for_open_generation(store, seen: set) -> int:
-    """The generation rank 0 has open for joining (one not served before)."""
-    while True:
-        if store.check([OPEN_KEY]):
-            g = int(store.get(OPEN_KEY).decode())
-            if g and g not in seen:
-                return g
-        time.sleep(0.2)

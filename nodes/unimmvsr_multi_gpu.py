@@ -29,10 +29,12 @@ class UniMMVSRMultiGPU(io.ComfyNode):
                                      "range 1–64. On a machine without CUDA they run on the CPU (gloo)."),
                 io.Int.Input("remote_ranks", default=0, min=0, max=1024,
                              tooltip="Workers joining from other machines (torchrun … worker.py --master-addr "
-                                     "<this host> --master-port <port>). Default 0, range 0–1024."),
+                                     "<this host> --master-port <port>). Default 0, range 0–1024. Needs the same "
+                                     "UNICASCADE_RENDEZVOUS_SECRET in the environment of ComfyUI and every worker."),
                 io.String.Input("rendezvous", default="",
-                                tooltip="host:port this ComfyUI listens on for remote workers, e.g. 10.0.0.1:29600. "
-                                        "Empty (default) = a free loopback port (local ranks only)."),
+                                tooltip="host:port this ComfyUI listens on for remote workers, e.g. 10.0.0.1:29600 "
+                                        "(that address only; 0.0.0.0 = every interface). Empty (default) = a free "
+                                        "loopback port (local ranks only)."),
                 io.Combo.Input("backend", options=["auto", "nccl", "gloo"], default="auto",
                                tooltip="torch.distributed backend: auto = NCCL on CUDA, gloo on CPU."),
                 io.Float.Input("timeout_seconds", default=300.0, min=1.0, max=86400.0, step=1.0,
@@ -64,6 +66,10 @@ class UniMMVSRMultiGPU(io.ComfyNode):
         settings = MultiGPUSettings(local_ranks=local_ranks, remote_ranks=remote_ranks, rendezvous=rendezvous.strip(),
                                     backend=backend, timeout=float(timeout_seconds))
         settings.validate()
+        if remote_ranks:   # refused here, with how to fix it, rather than when the first step starts the pool
+            from ..distributed.rendezvous import secret_from_environment
+
+            secret_from_environment("remote_ranks > 0")
         spread = copy.copy(guider)
         spread.distributed = settings if settings.world_size > 1 else None
         return io.NodeOutput(spread)
@@ -73,7 +79,8 @@ _routes_registered = False
 
 
 def register_routes() -> None:
-    """POST /unicascade/unimmvsr/release ends the resident workers (their GPU memory is freed)."""
+    """POST /unicascade/unimmvsr/release ends the resident workers (their GPU memory is freed); during a prompt
+    that samples with them, as soon as it ends ({"pending": true}). The teardown runs off the event loop."""
     try:
         from aiohttp import web
         from server import PromptServer
@@ -86,6 +93,8 @@ def register_routes() -> None:
 
     @PromptServer.instance.routes.post("/unicascade/unimmvsr/release")
     async def release_workers(request):
+        import asyncio
+
         from ..distributed.pool import release
 
-        return web.json_response({"released": release()})
+        return web.json_response(await asyncio.get_running_loop().run_in_executor(None, release))

@@ -66,6 +66,8 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
         try:
             return super().sample(*args, **kwargs)
         finally:
+            if self._session is not None:
+                self._session.finish()           # hands the pool back: a release asked for meanwhile runs now
             self.last_session = self._session   # its timings and byte counts (benchmarks)
             self._evaluators, self._session = {}, None
 

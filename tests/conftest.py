@@ -15,6 +15,8 @@ sys.path.insert(0, TESTS)
 
 from harness.paths import REPO, pack_module, use_comfy_in_process  # noqa: E402
 
+RENDEZVOUS_SECRET = "test-only-rendezvous-secret-5f1c2a"   # the server's and the remote workers' (multi-GPU tests)
+
 # (module, function(base_dir)): more fixture models/inputs a capability needs in the server's base directory
 EXTRA_FIXTURE_WRITERS = [
     ("harness.tiny_depth", "write_depth_fixtures"),
@@ -74,7 +76,8 @@ def comfy_server(comfy_base):
 
     trace = os.path.join(comfy_base, "trace.jsonl")
     faults = os.path.join(comfy_base, "worker_faults.txt")   # read by distributed/worker.py's fault_point
-    server = ComfyServer(comfy_base, env={"UNICASCADE_TRACE_FILE": trace, "UNICASCADE_TEST_FAULTS": faults})
+    server = ComfyServer(comfy_base, env={"UNICASCADE_TRACE_FILE": trace, "UNICASCADE_TEST_FAULTS": faults,
+                                          "UNICASCADE_RENDEZVOUS_SECRET": RENDEZVOUS_SECRET})
     server.start()
     server.trace, server.faults = Trace(trace), faults
     yield server

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import Trace, load_latent
+from conftest import RENDEZVOUS_SECRET, Trace, load_latent
 from harness.comfy_server import ComfyServer, free_port
 from harness.paths import COMFY_DIR, REPO
 from harness.tiny_models import UNIMMVSR_TRAINED
@@ -132,7 +132,7 @@ def test_the_pool_stays_resident_across_prompts_and_release_ends_it(comfy):
     second = run(f"{comfy.prefix}_b", 12)
     assert len(first) == 1 and first == second                      # the same worker served both prompts
     status, body = comfy.post("/unicascade/unimmvsr/release", {})
-    assert status == 200 and body == {"released": True}
+    assert status == 200 and body == {"released": True, "pending": False}
     wait_until(lambda: not alive(next(iter(first))), 15, "the released worker to exit")
     third = run(f"{comfy.prefix}_c", 13)
     assert len(third) == 1 and third != first                       # a new worker after the release
@@ -205,7 +205,7 @@ def test_stop_interrupts_both_ranks_and_queued_prompts_run(comfy):
 
 def test_a_remote_worker_started_by_torchrun_joins_and_contributes(comfy):
     port = free_port()
-    env = {**os.environ, "UNICASCADE_TRACE_FILE": comfy.trace.path}
+    env = {**os.environ, "UNICASCADE_TRACE_FILE": comfy.trace.path, "UNICASCADE_RENDEZVOUS_SECRET": RENDEZVOUS_SECRET}
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     worker = subprocess.Popen(
         [torchrun, "--nproc-per-node", "1", "--master-port", str(free_port()),
