@@ -251,6 +251,11 @@ def test_no_worker_outlives_the_server(comfy_base):
                                  multi=multi()).prompt())
         pids = pids_of_workers(server.trace.records())
         assert len(pids) == 1
+        # this server has no UNICASCADE_RENDEZVOUS_SECRET: remote ranks are refused, saying how to set it
+        error = server.run_expecting_error(cascade_graph(
+            server, "exit_remote", tile=TILE, unimmvsr=UNIMMVSR_TRAINED, steps=2,
+            multi=multi(local_ranks=1, remote_ranks=1, rendezvous=f"127.0.0.1:{free_port()}")).prompt())
+        assert "UNICASCADE_RENDEZVOUS_SECRET is not set" in error["exception_message"], error
         os.kill(server.proc.pid, signal.SIGKILL)                   # not even atexit runs: PR_SET_PDEATHSIG must
         server.proc.wait(20)
         wait_until(lambda: not any(alive(p) for p in pids), 20, "the worker to exit with the server")
