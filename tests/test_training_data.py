@@ -261,7 +261,7 @@ def test_augmentations_transform_the_target_and_its_references_alike(pack, build
     names = ("hflip", "vflip", "transpose", "reverse", "channels")
     # drawn afresh per sample (no latent cache: a cache keeps cache_variants fixed draws per clip); Table 3 off so the
     # ID images stay pixel-aligned
-    data = dataclasses.replace(cfg.data, cache_dir="", reference_augmentation=False)
+    data = dataclasses.replace(cfg.data, cache_dir="", reference_augmentation=False, id_crop=())
     plain = samples.SampleBuilder(dataclasses.replace(cfg, data=data), plain.items)
     b = samples.SampleBuilder(dataclasses.replace(cfg, data=dataclasses.replace(data, augmentations=names)), plain.items)
     stage = cfg.stages[1]
@@ -277,7 +277,7 @@ def test_augmentations_transform_the_target_and_its_references_alike(pack, build
         if slot >= 40 or (d.task == "mi2v" and d.item.id_images):
             continue
         tasks.add(d.task)
-        video = samples.decode(d.item.video)
+        video = full_decode(d.item.video)   # every frame, decoded independently of the trainer's seeking reader
         start, box = s.record["start"], s.record["box"]
         clip = lambda a, k: samples.apply_crop(video[a:a + k], box, stage.width, stage.height).numpy()  # noqa: E731
         assert np.array_equal(s.hr.numpy(), _plan_by_hand(clip(start, stage.frames), applied)), slot
@@ -312,3 +312,9 @@ def test_bad_augmentations_are_named(config_module, augmentations, message):
             "stages": [{"name": "a", "steps": 1, "frames": 5, "width": 128, "height": 64}]}
     with pytest.raises(config_module.ConfigError, match=re.escape(message)):
         config_module.parse(data)
+
+
+def full_decode(path: str) -> torch.Tensor:
+    from core.video import decode_video_stream
+
+    return (decode_video_stream(path).frames * 255).round().to(torch.uint8)

@@ -224,15 +224,13 @@ def test_text_tokens_zero_pads_prompts_to_one_length_so_their_samples_share_a_fo
     padding), so samples whose prompts encode to different lengths fall into one shape group; 0 keeps them as
     encoded, and a prompt longer than the setting is an error naming it."""
     import types
-    from safetensors.torch import save_file
     encoding = pack("training.unimmvsr.encoding")
     trainer = pack("training.unimmvsr.trainer")
     g = torch.Generator().manual_seed(2)
     encoded = {"a short prompt": torch.randn(1, 7, 4096, generator=g), "": torch.randn(1, 12, 4096, generator=g),
                "a longer prompt": torch.randn(1, 12, 4096, generator=g)}
-    os.makedirs(tmp_path / "text")
     for prompt, context in encoded.items():
-        save_file({"context": context}, str(tmp_path / "text" / (encoding._digest(prompt) + ".safetensors")))
+        encoding.TextEncoder(None, str(tmp_path)).write(prompt, context)
     as_encoded = encoding.TextEncoder(None, str(tmp_path))
     padded = encoding.TextEncoder(None, str(tmp_path), tokens=16)
     for prompt, context in encoded.items():

@@ -3,8 +3,9 @@
 One file describes a whole run: the parent model, the data, the degradation, the optimisation and the
 difficult → easy curriculum as a list of ``[[stages]]``, each with its own step count, frame count, size and task
 mix (the paper: T2V only at 21 frames; T2V:MI2V 0.6:0.4; T2V:MI2V:editing 0.5:0.3:0.2; the same mix at 77 frames).
-Relative paths are resolved against the config file's folder. Every field has the paper's value or a documented
-default; anything unknown or out of range is refused with the key named.
+Paths are absolute, ``<ComfyUI model folder>:<file name>`` (found through ComfyUI's folder_paths), or relative to
+the config file's folder (``TrainConfig.path``). Every field has the paper's value or a documented default;
+anything unknown or out of range is refused with the key named, missing files when the run starts.
 """
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+from .degradation import DegradationConfig
+
 AUGMENTATIONS = ("hflip", "vflip", "transpose", "reverse", "channels")  # samples.augment applies them
 LOSSES = ("mse", "l1")                     # trainer.flow_matching_losses computes them
 
 TASKS = ("t2v", "mi2v", "editing")
+MAY_BE_EMPTY = {"id_crop"}                 # tuple settings where [] means "off"
 
 
 class ConfigError(ValueError):
@@ -39,8 +43,14 @@ class DataConfig:
     manifest: str                        # JSONL: one clip per line (training/unimmvsr/manifest.py)
     validation_manifest: str = ""        # held-out clips for validation ("" = no validation)
     scale: int = 4                       # LR = HR / scale (the base model's resolution)
-    cache_dir: str = ""                  # latents + text embeddings as safetensors shards ("" = on the fly)
-    text_cache_dir: str = ""             # text embeddings only (when the latents are made on the fly)
+    cache_dir: str = ""                  # text embeddings (and latents, with latent_cache_gb) as safetensors files
+    text_cache_dir: str = ""             # text embeddings only (default: cache_dir)
+    latent_cache_gb: float = 0.0         # > 0: keep up to this much of reused draws' latents under cache_dir (each of
+                                         # cache_variants fixed draws per clip, stage and task, written at its second
+                                         # request); 0 (default) encodes every draw afresh
+    latent_cache_dtype: str = "bf16"     # bf16 | fp32
+    text_memory_mb: float = 1024.0       # text embeddings kept in memory (least recently used dropped first; only a
+                                         # prompt's real tokens, bf16 when training in bf16)
     text_tokens: int = 0                 # zero-pad every prompt's embedding to this many tokens (0 = as encoded): the
                                          # padding Wan's UMT5 makes itself (min_length 512, padding zeroed), for a
                                          # small encoder, so prompts of different lengths share one forward
@@ -48,6 +58,11 @@ class DataConfig:
     max_id_images: int = 2               # ID images per MI2V sample (each its own RoPE frame)
     reference_gap: tuple = ()            # frames between the target window and a reference taken from the same
                                          # clip: [min, max] (empty: anywhere outside the window)
+    reference_shift: int = 4             # a reference video's start: the target window's ± this many frames (§3.4)
+    id_crop: tuple = (0.25, 0.7)         # ID images without a manifest box: a random subject box of this fraction of
+                                         # the frame ([lo, hi]; [] = the whole frame), padded as inference pads them
+    whole_clip_mb: float = 256.0         # clips up to this size are decoded once and kept; longer ones are read by
+                                         # seeking to the frames a sample needs
     reference_augmentation: bool = True  # Table 3 on ID images (the paper); off keeps them pixel-aligned
     crop_rescale: tuple = ()             # [lo, hi]: scale each clip by a random factor first (multi-scale crops)
     crop_aspect: tuple = ()              # [lo, hi]: then stretch it by a random height/width ratio (log-uniform)
@@ -66,7 +81,11 @@ class DegradationSettings:
     sdedit_k: tuple[int, int] = (5, 15)  # k uniform in [K1, K2] (Table 4: 5 keeps identity, 15 destroys it)
     sdedit_cfg: float = 5.0
     sdedit_sampler: str = "euler"
+    sdedit_shift: float = 0.0            # the base model's flow shift for SDEdit's schedule (0 = the model's own, as
+                                         # loaded): with k it sets how much of the LR SDEdit keeps (A.4, Table 4)
     synthetic: bool = True               # blur / noise / resize / compression after SDEdit
+    ranges: DegradationConfig = field(default_factory=DegradationConfig)   # [degradation.ranges]: the synthetic
+                                         # ops' probabilities and ranges (degradation.DegradationConfig's fields)
 
 
 @dataclass(frozen=True)
@@ -139,7 +158,24 @@ class TrainConfig:
         return sum(s.steps for s in self.stages)
 
     def path(self, p: str) -> str:
-        return p if not p or os.path.isabs(p) else os.path.normpath(os.path.join(self.base_dir, p))
+        """A path of the config: absolute as written; ``<folder>:<name>`` looked up in ComfyUI's model folder of
+        that name (``diffusion_models:wan2.1_t2v_1.3B_fp16.safetensors`` — extra_model_paths.yaml applies); else
+        relative to the config file's folder."""
+        if not p or os.path.isabs(p):
+            return p
+        folder, sep, name = p.partition(":")
+        if sep and len(folder) > 1 and not any(c in folder for c in "/\\.") and folder != "space_to_depth":
+            import folder_paths
+
+            if folder not in folder_paths.folder_names_and_paths:
+                raise ConfigError(f"{p}: ComfyUI has no model folder '{folder}' (e.g. diffusion_models, vae, "
+                                  f"text_encoders)")
+            found = folder_paths.get_full_path(folder, name)
+            if found is None:
+                raise ConfigError(f"{p}: no file '{name}' in ComfyUI's {folder} folder(s) "
+                                  f"{folder_paths.get_folder_paths(folder)}")
+            return found
+        return os.path.normpath(os.path.join(self.base_dir, p))
 
 
 def _build(cls, table: dict, where: str):
@@ -155,9 +191,12 @@ def _build(cls, table: dict, where: str):
                 raise ConfigError(f"[{where}] {key}: expected a list of numbers, got {value!r}")
             value = tuple(float(v) for v in value)
         elif isinstance(default, tuple):
-            if not isinstance(value, list) or len(value) != len(default):
+            if key in MAY_BE_EMPTY and value == []:
+                value = ()
+            elif not isinstance(value, list) or len(value) != len(default):
                 raise ConfigError(f"[{where}] {key}: expected a list of {len(default)} values, got {value!r}")
-            value = tuple(value)
+            else:
+                value = tuple(value)
         elif isinstance(default, bool) and not isinstance(value, bool):
             raise ConfigError(f"[{where}] {key}: expected true or false, got {value!r}")
         elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
@@ -172,6 +211,26 @@ def _build(cls, table: dict, where: str):
         raise ConfigError(f"[{where}]: {e}") from None
 
 
+def _ranges(table) -> DegradationConfig:
+    """[degradation.ranges] → DegradationConfig (lists become tuples); its own checks name the key."""
+    _check(isinstance(table, dict), "[degradation.ranges]: a table of the synthetic degradation's settings")
+    names = {f.name: f.default for f in dataclasses.fields(DegradationConfig)}
+    unknown = sorted(set(table) - set(names))
+    _check(not unknown, f"[degradation.ranges]: unknown key(s) {', '.join(unknown)} (known: {', '.join(names)})")
+    kwargs = {}
+    for key, value in table.items():
+        if isinstance(names[key], tuple):
+            _check(isinstance(value, list), f"[degradation.ranges] {key}: expected a list, got {value!r}")
+            value = tuple(value)
+        elif isinstance(names[key], (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"[degradation.ranges] {key}: expected a number, got {value!r}")
+        kwargs[key] = value
+    try:
+        return DegradationConfig(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"[degradation.ranges]: {e}".replace("DegradationConfig.", "")) from None
+
+
 def _check(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)
@@ -183,7 +242,9 @@ def parse(data: dict, source: str = "", base_dir: str = "") -> TrainConfig:
     _check("model" in data and "data" in data, "the config needs [model] and [data]")
     model = _build(ModelConfig, data["model"], "model")
     dat = _build(DataConfig, data["data"], "data")
-    deg = _build(DegradationSettings, data.get("degradation", {}), "degradation")
+    deg_table = dict(data.get("degradation", {}))
+    ranges = _ranges(deg_table.pop("ranges", {}))
+    deg = dataclasses.replace(_build(DegradationSettings, deg_table, "degradation"), ranges=ranges)
     tr = _build(TrainingSettings, data.get("training", {}), "training")
     stages = []
     for i, raw in enumerate(data.get("stages", [])):
@@ -206,9 +267,18 @@ def parse(data: dict, source: str = "", base_dir: str = "") -> TrainConfig:
     _check(bool(stages), "the config needs at least one [[stages]] entry")
     _check(dat.scale >= 1, "[data] scale must be ≥ 1")
     _check(dat.text_tokens >= 0, "[data] text_tokens must be ≥ 0 (0 = prompts as encoded)")
+    _check(dat.text_memory_mb >= 0, "[data] text_memory_mb must be ≥ 0")
+    _check(dat.reference_shift >= 0, "[data] reference_shift must be ≥ 0 frames")
+    _check(len(dat.id_crop) in (0, 2) and all(0 < v <= 1 for v in dat.id_crop)
+           and (not dat.id_crop or dat.id_crop[0] <= dat.id_crop[1]), "[data] id_crop: [] or [lo, hi] in (0, 1]")
+    _check(dat.whole_clip_mb >= 0, "[data] whole_clip_mb must be ≥ 0")
+    _check(dat.latent_cache_gb >= 0, "[data] latent_cache_gb must be ≥ 0 (0 = no latent cache)")
+    _check(dat.latent_cache_gb == 0 or bool(dat.cache_dir), "[data] latent_cache_gb needs a cache_dir")
+    _check(dat.latent_cache_dtype in ("bf16", "fp32"), "[data] latent_cache_dtype: bf16 or fp32")
     _check(0 <= deg.sdedit_probability <= 1, "[degradation] sdedit_probability must be in [0, 1]")
     _check(0 <= deg.sdedit_k[0] <= deg.sdedit_k[1] <= deg.sdedit_steps,
            "[degradation] sdedit_k must satisfy 0 ≤ K1 ≤ K2 ≤ sdedit_steps")
+    _check(deg.sdedit_shift >= 0, "[degradation] sdedit_shift must be ≥ 0 (0 = the base model's own)")
     _check(tr.mixed_precision in ("bf16", "fp32"), "[training] mixed_precision: bf16 or fp32")
     _check(tr.sharding in ("ddp", "fsdp"), "[training] sharding: ddp or fsdp")
     _check(tr.export in ("full", "delta"), "[training] export: full or delta")

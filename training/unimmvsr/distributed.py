@@ -60,15 +60,39 @@ def teardown(dist: Dist) -> None:
 
 def barrier(dist: Dist) -> None:
     if dist.active:
-        torch.distributed.barrier()
+        torch.distributed.barrier(device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+
+
+def all_reduce(dist: Dist, tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over the ranks in place. Every collective of the trainer goes through here or ``all_gather``,
+    and each refuses a tensor that is not on the rank's own device — under gloo a CPU tensor would pass silently,
+    while NCCL (CUDA only) fails at the first step with "No backend type associated with device type cpu"."""
+    _check_device(dist, tensor, "all_reduce")
+    if dist.active:
+        torch.distributed.all_reduce(tensor)
+    return tensor
+
+
+def all_gather(dist: Dist, tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's ``tensor`` (same shape on every rank), in rank order."""
+    _check_device(dist, tensor, "all_gather")
+    if not dist.active:
+        return [tensor]
+    out = [torch.empty_like(tensor) for _ in range(dist.world_size)]
+    torch.distributed.all_gather(out, tensor)
+    return out
+
+
+def _check_device(dist: Dist, tensor: torch.Tensor, what: str) -> None:
+    if tensor.device != dist.device:
+        raise RuntimeError(f"{what}: a tensor on {tensor.device} but this rank's device is {dist.device} (NCCL "
+                           f"collectives need the rank's own device)")
 
 
 def all_sum(dist: Dist, value: float) -> float:
     if not dist.active:
         return value
-    t = torch.tensor([float(value)], dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return float(t)
+    return float(all_reduce(dist, torch.tensor([float(value)], dtype=torch.float64, device=dist.device)))
 
 
 def wrap(module: torch.nn.Module, dist: Dist, sharding: str):

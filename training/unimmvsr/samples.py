@@ -6,14 +6,14 @@ in [K1, K2], when a degrader is given and with the configured probability), then
 (which do the downsampling themselves when SDEdit did not), and upsampled back bilinearly as the Upsampler node
 does. References by task: MI2V — 1…max ID images (the
 manifest's, or frames of the clip outside the target window at the target's crop, as the paper extracts them),
-each augmented as in Table 3; editing — a reference video (the manifest's, or another segment of the clip at the
-target's crop) from a random start frame.
-References are padded in pixel space to the HR size as the References node pads them. Bad items raise
+cut to a subject box and augmented as in Table 3; editing — a reference video pixel-aligned with the target (the
+manifest's at the target's crop and window, or another segment of the clip) with a small start shift.
+References are padded in pixel space to the HR size as the References node pads them. Frames are read through
+clips.ClipReader (only the frames a sample needs). Bad items raise
 ``SampleError`` naming the item; the trainer skips, counts and reports them.
 """
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass, field
 
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ...core.unimmvsr.references import pad_to, usable_video_frames
 from ...core.unimmvsr.upsampling import upscale_frames
+from .clips import ClipError, ClipReader
 from .curriculum import draw_task, sample_rng, step_task_rng
 from .manifest import Item, items_for
 
@@ -56,22 +57,6 @@ class PixelSample:
     id_images: list = field(default_factory=list)     # each [1, H, W, 3], padded
     reference_video: torch.Tensor | None = None       # [T', H, W, 3], padded
     record: dict = field(default_factory=dict)
-
-
-@functools.lru_cache(maxsize=8)
-def decode(path: str) -> torch.Tensor:
-    """All frames of a clip's video stream as uint8 [T, H, W, 3] (PyAV; the audio is never touched)."""
-    from ...core.video import decode_video_stream
-
-    if not os.path.isfile(path):
-        raise SampleError(f"{path}: no such file")
-    try:
-        frames = decode_video_stream(path).frames
-    except ValueError as e:
-        raise SampleError(f"{path}: could not decode ({e})") from None
-    if frames.shape[0] == 0:
-        raise SampleError(f"{path}: could not decode (no frames)")
-    return (frames * 255).round().to(torch.uint8)
 
 
 def load_image(path: str) -> torch.Tensor:
@@ -188,14 +173,38 @@ def augment(frames: torch.Tensor, plan: dict, temporal: bool = True) -> torch.Te
     return frames.contiguous()
 
 
+def subject_box(height: int, width: int, area: tuple, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of a random box covering a fraction of the frame drawn in ``area`` (lo, hi), aspect ratio
+    log-uniform in [1/2, 2]: the stand-in for a subject crop when the manifest gives no box (README "Training
+    data")."""
+    fraction = float(rng.uniform(area[0], area[1]))
+    ratio = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+    h = min(height, max(1, round(np.sqrt(fraction * height * width * ratio))))
+    w = min(width, max(1, round(fraction * height * width / h)))
+    y0, x0 = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+    return x0, y0, x0 + w, y0 + h
+
+
+def aligned_box(box, size: tuple[int, int], ref_size: tuple[int, int], width: int, height: int):
+    """``crop_box``'s box for a reference of another size showing the same scene: scaled per axis so that the
+    reference covers the very pixels the target's crop covers."""
+    scale, top, left = box
+    sy, sx = scale if isinstance(scale, tuple) else (scale, scale)
+    (h, w), (rh, rw) = size, ref_size
+    nh, nw = max(height, round(h * sy)), max(width, round(w * sx))
+    return (nh / rh, nw / rw), top, left
+
+
 class SampleBuilder:
     """Draws pixel samples for a config; ``sdedit(frames, k, seed)`` degrades LR frames with the base model."""
 
-    def __init__(self, cfg, items: list[Item], sdedit=None):
+    def __init__(self, cfg, items: list[Item], sdedit=None, clips: ClipReader | None = None):
         self.cfg = cfg
         self.items = items
         self.sdedit = sdedit
+        self.clips = clips or ClipReader(cfg.data.whole_clip_mb)
         self.by_task = {t: items_for(items, t) for t in ("t2v", "mi2v", "editing")}
+        self.noted: set = set()
 
     def draw(self, stage_index: int, stage, step: int, slot: int, attempt: int = 0) -> Draw:
         """The choices of a slot. With a cache, the content is one of ``cache_variants`` fixed draws per clip and
@@ -210,7 +219,7 @@ class SampleBuilder:
         item = pool[int(rng.integers(len(pool)))]
         content_seed = int(rng.integers(2**62))
         key = None
-        if cfg.data.cache_dir:
+        if cfg.data.latent_cache_gb > 0:
             variant = int(rng.integers(cfg.data.cache_variants))
             content_seed = int(np.random.default_rng([cfg.training.seed, item.line, stage_index,
                                                       ("t2v", "mi2v", "editing").index(task), variant]).integers(2**62))
@@ -246,19 +255,31 @@ class SampleBuilder:
         near = [s for s, gap in gaps.items() if lo <= gap <= hi]
         return near or list(gaps)
 
+    def _note(self, key, message: str, *args) -> None:
+        """A log line once per (reason, stage): why some samples are built another way."""
+        if key not in self.noted:
+            self.noted.add(key)
+            import logging
+            logging.getLogger("UniCascade.train").info(message, *args)
+
     def _build(self, item: Item, task: str, stage, rng: np.random.Generator, centred: bool = False) -> PixelSample:
+        try:
+            return self._build_sample(item, task, stage, rng, centred)
+        except ClipError as e:
+            raise SampleError(str(e)) from None
+
+    def _build_sample(self, item: Item, task: str, stage, rng: np.random.Generator, centred: bool) -> PixelSample:
         from .degradation import degrade
-        from .reference_augmentation import augment_reference, shift_reference_video_start
 
         cfg, scale = self.cfg, self.cfg.data.scale
-        video = decode(item.video)
+        clip = self.clips(item.video)
         n = stage.frames
-        if video.shape[0] < n:
-            raise SampleError(f"too short: {video.shape[0]} frames, the stage needs {n}")
-        start = 0 if centred else int(rng.integers(0, video.shape[0] - n + 1))
-        box = crop_box(video.shape[1], video.shape[2], stage.width, stage.height, cfg.data.crop,
-                       None if centred else rng, cfg.data.crop_rescale, cfg.data.crop_aspect)
-        hr = apply_crop(video[start:start + n], box, stage.width, stage.height)
+        if clip.frames < n:
+            raise SampleError(f"too short: {clip.frames} frames, the stage needs {n}")
+        start = 0 if centred else int(rng.integers(0, clip.frames - n + 1))
+        box = crop_box(*clip.size, stage.width, stage.height, cfg.data.crop, None if centred else rng,
+                       cfg.data.crop_rescale, cfg.data.crop_aspect)
+        hr = apply_crop(clip.read(start, n), box, stage.width, stage.height)
         record = {"start": start, "box": box}
         plan = augmentation_plan(cfg.data.augmentations, rng) if cfg.data.augmentations and not centred else {}
         if plan:
@@ -272,45 +293,90 @@ class SampleBuilder:
             factor = 1
             record["sdedit_k"] = k
         if deg.synthetic:           # blur → resize → noise → JPEG → video codec (degradation.py)
-            lr, ops = degrade(lr, factor, int(rng.integers(2**31)))
+            lr, ops = degrade(lr, factor, int(rng.integers(2**31)), deg.ranges)
             record["synthetic"] = ops
         else:
             lr = downsample(lr, factor)
         lr_up = upscale_frames(lr, stage.width, stage.height)
         sample = PixelSample(item, task, item.prompt, hr, lr, lr_up, record=record)
         if task == "mi2v":
-            count = int(rng.integers(1, cfg.data.max_id_images + 1))
-            if item.id_images:
-                picks = [item.id_images[int(i)] for i in rng.choice(len(item.id_images), size=count)]
-                images = [load_image(p) for p in picks]
-            else:
-                outside = self._outside(video.shape[0], start, n, 1)
-                if not outside:
-                    raise SampleError("no frame outside the target window to take an ID image from")
-                picks = [int(outside[int(rng.integers(len(outside)))]) for _ in range(count)]
-                record["id_frames"] = picks
-                images = [augment(apply_crop(video[i:i + 1], box, stage.width, stage.height), plan, temporal=False)[0]
-                          for i in picks]
-            for image in images:
-                seed = int(rng.integers(2**31))
-                if cfg.data.reference_augmentation:
-                    image = augment_reference(image.movedim(-1, 0).clamp(0, 1), seed)[0].movedim(0, -1)
-                sample.id_images.append(pad_to(image[None], stage.width, stage.height))
+            sample.id_images = self._id_images(item, clip, start, n, box, plan, stage, rng, record)
         elif task == "editing":
-            if item.reference_video:
-                ref = decode(item.reference_video)
-                ref_box = crop_box(ref.shape[1], ref.shape[2], stage.width, stage.height, "cover", None)
-            else:  # another segment of the same clip, the same crop
-                ref, ref_box = video, box
-                starts = self._outside(video.shape[0], start, n, n)
-                if not starts:
-                    raise SampleError("no frames outside the target window for a reference video")
-            want = usable_video_frames(min(n, ref.shape[0]))
-            if item.reference_video:
-                s = shift_reference_video_start(ref.shape[0], want, int(rng.integers(2**31)))
-            else:  # a random start among the segments outside the window (the start-frame shift)
-                s = starts[shift_reference_video_start(len(starts), 1, int(rng.integers(2**31)))]
-            record["reference_start"] = s
-            frames = augment(apply_crop(ref[s:s + want], ref_box, stage.width, stage.height), plan)
-            sample.reference_video = pad_to(frames, stage.width, stage.height)
+            sample.reference_video = self._reference_video(item, clip, start, n, box, plan, stage, rng, record)
         return sample
+
+    def _id_images(self, item, clip, start, n, box, plan, stage, rng, record) -> list[torch.Tensor]:
+        """1…max ID images (§3.3), as inference gets them (README "Training data"): a subject crop — the
+        manifest's ``id_boxes``, else a random box of ``[data] id_crop`` of the frame — augmented as Table 3
+        says, then scaled to fit and grey-padded to the HR size by the References node's own ``pad_to``."""
+        from .reference_augmentation import augment_reference
+
+        cfg = self.cfg
+        count = int(rng.integers(1, cfg.data.max_id_images + 1))
+        if item.id_images:
+            picks = [int(i) for i in rng.choice(len(item.id_images), size=count)]
+            images = [load_image(item.id_images[i]) for i in picks]
+            boxes = [item.id_boxes[i] if item.id_boxes else None for i in picks]
+        else:
+            outside = self._outside(clip.frames, start, n, 1)
+            if not outside:
+                raise SampleError("no frame outside the target window to take an ID image from")
+            picks = [int(outside[int(rng.integers(len(outside)))]) for _ in range(count)]
+            record["id_frames"] = picks
+            images = [augment(apply_crop(clip.read(i, 1), box, stage.width, stage.height), plan, temporal=False)[0]
+                      for i in picks]
+            boxes = [None] * count
+        out, record["id_boxes"] = [], []
+        for image, given in zip(images, boxes):
+            h, w = image.shape[:2]
+            if given is None and cfg.data.id_crop:
+                given = subject_box(h, w, cfg.data.id_crop, rng)
+            if given is not None:
+                x0, y0, x1, y1 = (int(v) for v in given)
+                x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+                if x1 <= x0 or y1 <= y0:
+                    raise SampleError(f"ID box {list(given)} is empty inside a {w}×{h} image")
+                image = image[y0:y1, x0:x1]
+                record["id_boxes"].append([x0, y0, x1, y1])
+            seed = int(rng.integers(2**31))
+            if cfg.data.reference_augmentation:
+                image = augment_reference(image.movedim(-1, 0).clamp(0, 1), seed)[0].movedim(0, -1)
+            out.append(pad_to(image[None], stage.width, stage.height))
+        return out
+
+    def _reference_video(self, item, clip, start, n, box, plan, stage, rng, record) -> torch.Tensor:
+        """The editing task's reference video (§3.3): pixel-aligned with the target — the same crop of the same
+        window — with its start shifted by up to ``[data] reference_shift`` frames (§3.4 "random shift of the
+        start frame"). The manifest's ``reference_video`` (an edit's source, same scene) is read at the target's
+        box; without one, another segment of the clip (``_outside``) is used, or — when the clip is shorter than
+        two windows — the target's own window, shifted."""
+        from .reference_augmentation import shift_reference_video_start
+
+        cfg = self.cfg
+        shift = cfg.data.reference_shift
+        if item.reference_video:
+            ref = self.clips(item.reference_video)
+            ref_box = box if ref.size == clip.size else aligned_box(box, clip.size, ref.size, stage.width,
+                                                                    stage.height)
+            want = usable_video_frames(min(n, ref.frames))
+            lo, hi = max(0, start - shift), min(ref.frames - want, start + shift)
+            if hi < lo:
+                raise SampleError(f"reference video {os.path.basename(item.reference_video)} has {ref.frames} frames, "
+                                  f"the target window starts at {start}")
+            s = int(rng.integers(lo, hi + 1))
+        else:
+            ref, ref_box, want = clip, box, usable_video_frames(n)
+            starts = self._outside(clip.frames, start, n, n)
+            if starts:   # a random one (the draw the demo's recipe was made with)
+                s = starts[shift_reference_video_start(len(starts), 1, int(rng.integers(2**31)))]
+            else:
+                self._note(("shifted", stage.name), "editing samples of stage %s: clips shorter than two %d-frame "
+                           "windows take the target window shifted by 1…%d frames as their reference video",
+                           stage.name, n, max(1, shift))
+                moves = [d for d in range(-max(1, shift), max(1, shift) + 1) if d and 0 <= start + d <= clip.frames - n]
+                if not moves:
+                    raise SampleError(f"too short for a shifted reference video: {clip.frames} frames")
+                s = start + moves[int(rng.integers(len(moves)))]
+        record["reference_start"] = s
+        frames = augment(apply_crop(ref.read(s, want), ref_box, stage.width, stage.height), plan)
+        return pad_to(frames, stage.width, stage.height)

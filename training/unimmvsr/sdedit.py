@@ -10,9 +10,27 @@ from __future__ import annotations
 import torch
 
 
+def with_shift(model, shift: float):
+    """A clone of a flow model's ModelPatcher whose sampling uses ``shift`` (what ComfyUI's ModelSamplingSD3 node
+    patches in); 0 returns ``model`` unchanged."""
+    if not shift:
+        return model
+    import comfy.model_sampling
+
+    class FlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+        pass
+
+    sampling = FlowSampling(model.model.model_config)
+    sampling.set_parameters(shift=shift, multiplier=1000)
+    patched = model.clone()
+    patched.add_object_patch("model_sampling", sampling)
+    return patched
+
+
 class SDEditDegrader:
-    def __init__(self, base_model, vae, text_encoder, steps: int = 50, cfg: float = 5.0, sampler: str = "euler"):
-        self.model = base_model        # a ComfyUI ModelPatcher of the frozen T2V base model
+    def __init__(self, base_model, vae, text_encoder, steps: int = 50, cfg: float = 5.0, sampler: str = "euler",
+                 shift: float = 0.0):
+        self.model = with_shift(base_model, shift)   # a ComfyUI ModelPatcher of the frozen T2V base model
         self.vae = vae
         self.text = text_encoder       # prompt → [1, L, D]
         self.steps = steps

@@ -60,6 +60,36 @@ def load_vae(spec: str, resolve):
     return comfy.sd.VAE(sd=comfy.utils.load_torch_file(path, safe_load=True))
 
 
+def reserve_for_training(module, device: torch.device, ema: bool) -> None:
+    """Tell ComfyUI's memory manager (which loads the SDEdit base model and the VAE, and frees memory for them by
+    offloading models it knows) that the training state is not its to reclaim: its bytes — weights, and for the
+    trainable part gradients, two AdamW moments and the EMA — join the VRAM it keeps free."""
+    if device.type != "cuda":
+        return
+    import comfy.model_management as mm
+
+    weights = sum(p.numel() * p.element_size() for p in module.parameters())
+    trainable = sum(p.numel() * 4 for p in module.parameters() if p.requires_grad)
+    reserved = weights + trainable * (3 + int(ema))
+    mm.EXTRA_RESERVED_VRAM += reserved
+    log.info("reserved %.1f GB of VRAM for the training state from ComfyUI's memory manager", reserved / 2**30)
+
+
+def check_files(cfg) -> None:
+    """Every file the config names exists (ComfyUI model-folder names resolved), before anything is loaded: the
+    error names the key."""
+    keys = [("model", "parent", cfg.model.parent), ("model", "text_encoder", cfg.model.text_encoder),
+            ("degradation", "sdedit_model", cfg.degradation.sdedit_model), ("data", "manifest", cfg.data.manifest)]
+    if not cfg.model.vae.startswith("space_to_depth"):
+        keys.append(("model", "vae", cfg.model.vae))
+    for section, key, value in keys:
+        if not value:
+            continue
+        path = cfg.path(value)
+        if not os.path.isfile(path):
+            raise ValueError(f"[{section}] {key} = {value!r}: no such file ({path})")
+
+
 def data_sha256(items) -> str:
     """Hash of every file the manifest names (videos, ID images, reference videos), in manifest order."""
     h = hashlib.sha256()
@@ -162,8 +192,11 @@ class Trainer:
         if self.clip is None and cfg.model.text_encoder:
             self.clip = comfy.sd.load_clip([cfg.path(cfg.model.text_encoder)],
                                            clip_type=getattr(comfy.sd.CLIPType, cfg.model.text_encoder_type.upper()))
-        self.text = TextEncoder(self.clip, cfg.path(cfg.data.text_cache_dir or cfg.data.cache_dir), cfg.data.text_tokens)
-        self.latents = LatentEncoder(self.vae, cfg.path(cfg.data.cache_dir))
+        self.text = TextEncoder(self.clip, cfg.path(cfg.data.text_cache_dir or cfg.data.cache_dir), cfg.data.text_tokens,
+                                dtype=torch.bfloat16 if cfg.training.mixed_precision == "bf16" else torch.float32,
+                                memory_mb=cfg.data.text_memory_mb)
+        self.latents = LatentEncoder(self.vae, cfg.path(cfg.data.cache_dir), cfg.data.latent_cache_gb,
+                                     torch.bfloat16 if cfg.data.latent_cache_dtype == "bf16" else torch.float32)
         sdedit = None
         if cfg.degradation.sdedit_probability > 0:
             from .sdedit import SDEditDegrader
@@ -173,11 +206,16 @@ class Trainer:
                                  "model SDEdit should use (or set sdedit_probability = 0)")
             base = comfy.sd.load_diffusion_model(base_path)
             sdedit = SDEditDegrader(base, self.vae, self.text, cfg.degradation.sdedit_steps, cfg.degradation.sdedit_cfg,
-                                    cfg.degradation.sdedit_sampler)
+                                    cfg.degradation.sdedit_sampler, cfg.degradation.sdedit_shift)
         self.items = manifest.read(cfg.path(cfg.data.manifest))
         self.builder = SampleBuilder(cfg, self.items, sdedit)
-        self.validation_items = manifest.read(cfg.path(cfg.data.validation_manifest)) \
-            if cfg.data.validation_manifest else []
+        self.validation_items = []
+        if cfg.data.validation_manifest:
+            path = cfg.path(cfg.data.validation_manifest)
+            if os.path.isfile(path):
+                self.validation_items = manifest.read(path)
+            elif dist.main:
+                log.warning("[data] validation_manifest %s: no such file; the run goes on without validation", path)
         if cfg.data.text_tokens:  # a prompt longer than [data] text_tokens fails here, not hours into the run
             for prompt in sorted({item.prompt for item in self.items + self.validation_items} | {""}):
                 self.text(prompt)
@@ -210,6 +248,7 @@ class Trainer:
         out_dir = cfg.path(tr.output_dir)
         ckpt_dir = os.path.join(out_dir, "checkpoints")
         torch.manual_seed(tr.seed)
+        check_files(cfg)
         patcher, meta, parent_name = load_for_training(cfg.path(cfg.model.parent), cfg.model, dist.device)
         from safetensors import safe_open
         with safe_open(cfg.path(cfg.model.parent), "pt") as f:
@@ -229,6 +268,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=tr.learning_rate, betas=tr.betas, weight_decay=tr.weight_decay)
         ema = {n: p.detach().clone().float() for n, p in module.named_parameters() if p.requires_grad} \
             if tr.ema_decay > 0 else None
+        reserve_for_training(module, dist.device, tr.ema_decay > 0)
         per_step = tr.micro_batch * dist.world_size
         if tr.batch_size % per_step:
             raise ValueError(f"[training] batch_size {tr.batch_size} is not a multiple of micro_batch × ranks = {per_step}")
@@ -253,7 +293,7 @@ class Trainer:
             bar = tqdm(total=cfg.total_steps, initial=start_step, desc="UniMMVSR", dynamic_ncols=True)
         step = start_step
         if self.validation_items and start_step == 0:
-            metrics = self._validate(patcher, module, dist, cfg.stages[0], process_in, timestep_of)
+            metrics = self._validate(patcher, module, ema, dist, cfg.stages[0], process_in, timestep_of)
             if metrics is not None:
                 result.validation.append((0, metrics))
                 if dist.main:
@@ -306,7 +346,7 @@ class Trainer:
                     state.save(ckpt_dir, step, module, optimizer, ema, info, dist.main, tr.keep_last)
                     distributed.barrier(dist)
                 if self.validation_items and (step % tr.validate_every == 0 or step == total):
-                    metrics = self._validate(patcher, module, dist, stage, process_in, timestep_of)
+                    metrics = self._validate(patcher, module, ema, dist, stage, process_in, timestep_of)
                     if metrics is not None:
                         result.validation.append((step, metrics))
                         if dist.main:
@@ -337,8 +377,9 @@ class Trainer:
         result.final_checkpoint = final
         return result
 
-    def _validate(self, patcher, module, dist, stage, process_in, timestep_of):
-        """Held-out flow loss at fixed draws and PSNR/SSIM of sampled upscales (rank 0; others wait)."""
+    def _validate(self, patcher, module, ema, dist, stage, process_in, timestep_of):
+        """Held-out flow loss at fixed draws and PSNR/SSIM of sampled upscales (rank 0; others wait), with the
+        weights the export will hold (the EMA when it is on) and the t_aug validation samples with."""
         from .samples import Draw
         from .validation import validate
         if dist.active and self.cfg.training.sharding == "fsdp":
@@ -357,13 +398,15 @@ class Trainer:
                     log.warning("validation clip skipped: %s", e)
             if samples:
                 module.eval()
+                live = swap_in(module, ema)
                 losses = []
                 with torch.no_grad():
                     for n, s in enumerate(samples):
                         latents = self.latents(s)
                         latents.context = self.text(s.prompt)
                         for k, sigma in enumerate(self.cfg.training.sigma_values or (0.2, 0.5, 0.8)):
-                            draw = Draw(s.item, s.task, 0, s.prompt, 400.0, sigma, 7919 * n + k, 0)
+                            draw = Draw(s.item, s.task, 0, s.prompt, self.cfg.training.validation_aug_t, sigma,
+                                        7919 * n + k, 0)
                             losses.append(float(flow_matching_loss(
                                 module, latents, draw, process_in, timestep_of, self.cfg.model.id_start,
                                 self.cfg.model.video_start, dist.device, torch.float32, self.cfg.training.noise,
@@ -374,6 +417,7 @@ class Trainer:
                 metrics.update(validate(patcher, self.vae, samples, self.text, steps=tr.validation_steps, sigmas=sigmas,
                                         noise=tr.noise, text_scale=tr.validation_text_scale,
                                         reference_scale=tr.validation_reference_scale, aug_t=tr.validation_aug_t))
+                swap_in(module, live)
                 module.train()
                 patcher.model.to(dist.device)  # ComfyUI's memory manager may have offloaded it
         distributed.barrier(dist)
@@ -391,8 +435,8 @@ class Trainer:
         digest = h.hexdigest()
         if not dist.active:
             return [digest]
-        out = [None] * dist.world_size
-        torch.distributed.all_gather_object(out, digest)
+        mine = torch.tensor(list(bytes.fromhex(digest)), dtype=torch.uint8, device=dist.device)
+        out = [bytes(t.cpu().tolist()).hex() for t in distributed.all_gather(dist, mine)]   # no pickled objects
         if sharding == "ddp" and len(set(out)) != 1:
             raise RuntimeError(f"DDP ranks diverged: parameter digests {out}")
         return out
@@ -422,6 +466,20 @@ class Trainer:
                 w.writerow(["step", "name", "value"])
             for k, v in values.items():
                 w.writerow([step, k, v])
+
+
+def swap_in(module, weights: dict | None) -> dict | None:
+    """Copy ``weights`` (name → tensor, e.g. the EMA) into ``module``'s parameters; returns what they held (for the
+    swap back). None does nothing."""
+    if weights is None:
+        return None
+    params = dict(module.named_parameters())
+    held = {}
+    with torch.no_grad():
+        for name, value in weights.items():
+            held[name] = params[name].detach().clone()
+            params[name].copy_(value)
+    return held
 
 
 class _null:
