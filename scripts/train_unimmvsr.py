@@ -8,7 +8,11 @@
 Options: --set section.key=value overrides the config (TOML values: --set training.lora_rank=32; one stage:
 --set stages.1.steps=11000);
 --comfyui PATH points at the ComfyUI folder (default: the one this pack is installed in, else .build/comfyui);
---stop-after N ends the run after N optimizer steps (a checkpoint is written; run again to resume).
+--stop-after N ends the run after N optimizer steps (a checkpoint is written; run again to resume);
+--plan prints the per-GPU memory (weights, gradients, AdamW, EMA, activations with/without checkpointing) and the
+expected throughput of the config's largest stage, and exits without training (training/unimmvsr/plan.py;
+--plan-model wan2.1-1.3b | wan2.2-5b | wan2.1-14b instead of the parent's header, --plan-world-size, --plan-tflops,
+--plan-gpu-gb, --plan-target cpu for the host-memory figure of a CPU run, --plan-json FILE).
 The run resumes from the newest checkpoint in <output_dir>/checkpoints by itself.
 """
 from __future__ import annotations
@@ -63,6 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--comfyui")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--stop-after", type=int)
+    parser.add_argument("--plan", action="store_true", help="print the memory/throughput plan and exit")
+    parser.add_argument("--plan-model", help="wan2.1-1.3b | wan2.2-5b | wan2.1-14b (default: the parent's header)")
+    parser.add_argument("--plan-world-size", type=int, default=int(os.environ.get("WORLD_SIZE", "1")))
+    parser.add_argument("--plan-tflops", type=float, default=400.0,
+                        help="sustained TFLOP/s per device (default 400: H100 bf16 at ~40%% MFU)")
+    parser.add_argument("--plan-gpu-gb", type=float, default=80.0, help="device memory in GiB (default 80)")
+    parser.add_argument("--plan-target", choices=("gpu", "cpu"),
+                        help="gpu: per-GPU memory; cpu: the CPU run's host memory (default: cpu with --device cpu)")
+    parser.add_argument("--plan-json", default="", help="also write the plan as JSON to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     import torch
@@ -72,6 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.load(args.config, parse_sets(args.set))
     except ValueError as e:
         raise SystemExit(f"config: {e}")
+    if args.plan:
+        from pack_import import pack_submodule
+        try:
+            return pack_submodule(PACKAGE, "training.unimmvsr.plan").main(
+                cfg, preset=args.plan_model, world=max(1, args.plan_world_size), tflops=args.plan_tflops,
+                gpu_gb=args.plan_gpu_gb, json_path=args.plan_json,
+                target=args.plan_target or ("cpu" if args.device == "cpu" else "gpu"))
+        except ValueError as e:
+            raise SystemExit(f"plan: {e}")
     # quoted as a shell would need it: a --set value with spaces or brackets pastes back as one argument
     command = "python scripts/train_unimmvsr.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -46,7 +46,12 @@ def metrics(run_dir):
 
 
 def trained_params(run_dir, step):
-    return load_file(os.path.join(run_dir, "checkpoints", f"step_{step:08d}", "trainable.safetensors"))
+    """The trained parameters of a step folder: one file (one rank, DDP) or FSDP's per-rank shards put together."""
+    folder = os.path.join(run_dir, "checkpoints", f"step_{step:08d}")
+    if not os.path.isfile(os.path.join(folder, "trainable.safetensors")):
+        from test_training_checkpoints import assembled
+        return {k[len("trainable/"):]: v for k, v in assembled(folder).items() if k.startswith("trainable/")}
+    return load_file(os.path.join(folder, "trainable.safetensors"))
 
 
 @pytest.fixture(scope="module")

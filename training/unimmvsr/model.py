@@ -137,16 +137,24 @@ def merged_state_dict(sd: dict[str, torch.Tensor], lora_scale: float = 1.0) -> d
 
 
 def training_state_dict(module, ema: dict | None, sharded: bool) -> dict[str, torch.Tensor]:
-    """The backbone's current weights (EMA values where EMA is on), full tensors on the CPU. Collective under FSDP."""
-    if sharded:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    else:
-        sd = dict(module.state_dict())
-    if ema is not None:
-        for name, value in ema.items():
-            sd[name] = value.full_tensor() if hasattr(value, "full_tensor") else value
-    return {k[len("wan."):]: v for k, v in sd.items() if k.startswith("wan.")}
+    """The backbone's current weights (EMA values where EMA is on). Under FSDP every rank must call: each tensor is
+    gathered alone (``full_tensor()``, one all-gather), moved to rank 0's CPU and dropped on the other ranks, so no
+    rank holds more than one whole tensor on its device and only rank 0 gets the dict (the others get {})."""
+    main = not sharded or torch.distributed.get_rank() == 0
+    out = {}
+    for key, value in module.state_dict().items():  # FSDP2: sharded DTensors, nothing gathered yet
+        if not key.startswith("wan."):
+            continue
+        if ema is not None and key in ema:
+            value = ema[key]
+        if hasattr(value, "full_tensor"):
+            value = value.full_tensor()  # a collective: every rank takes part, only rank 0 keeps the result
+            if not main:
+                continue
+            value = value.detach().cpu()
+        if main:
+            out[key[len("wan."):]] = value
+    return out
 
 
 def export(wan_sd: dict, meta: dict, path: str, *, kind: str = "full", parent_path: str = "", lora_scale: float = 1.0,

@@ -75,6 +75,26 @@ def reserve_for_training(module, device: torch.device, ema: bool) -> None:
     log.info("reserved %.1f GB of VRAM for the training state from ComfyUI's memory manager", reserved / 2**30)
 
 
+def warn_if_it_cannot_fit(cfg, dist) -> None:
+    """On CUDA: ``--plan``'s per-GPU figure for this run against the card's memory, as a warning before the
+    out-of-memory error would come (the run goes on: the plan is an estimate)."""
+    if dist.device.type != "cuda":
+        return
+    from .plan import architecture_from_header, make_plan, render
+
+    card = torch.cuda.get_device_properties(dist.device).total_memory
+    try:
+        arch = architecture_from_header(cfg.path(cfg.model.parent))
+        plan = make_plan(cfg, arch, world=dist.world_size, gpu_gb=card / 2**30)
+    except Exception as e:   # never a reason not to train
+        log.warning("could not plan this run's memory (%s: %s)", type(e).__name__, e)
+        return
+    if plan["total"] > card:
+        log.warning("this run needs about %.0f GiB per GPU by the plan, the card has %.0f GiB: it will likely run "
+                    "out of memory (scripts/train_unimmvsr.py --plan shows what to change)\n%s",
+                    plan["total"] / 2**30, card / 2**30, render(plan, cfg, arch))
+
+
 def check_files(cfg) -> None:
     """Every file the config names exists (ComfyUI model-folder names resolved), before anything is loaded: the
     error names the key."""
@@ -249,6 +269,8 @@ class Trainer:
         ckpt_dir = os.path.join(out_dir, "checkpoints")
         torch.manual_seed(tr.seed)
         check_files(cfg)
+        if dist.main:
+            warn_if_it_cannot_fit(cfg, dist)
         patcher, meta, parent_name = load_for_training(cfg.path(cfg.model.parent), cfg.model, dist.device)
         from safetensors import safe_open
         with safe_open(cfg.path(cfg.model.parent), "pt") as f:
