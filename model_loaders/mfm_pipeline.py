@@ -3,7 +3,7 @@
 
 Layout: ``model_index.json``; ``transformer/config.json`` + ``*.safetensors`` (one file or shards with a
 ``.safetensors.index.json``); ``scheduler/scheduler_config.json`` (FlowMatchEulerDiscreteScheduler: ``shift``);
-``vae/config.json`` (``scaling_factor``); ``text_encoder/``, ``tokenizer/``. Every size comes from these files;
+``vae/config.json``; ``text_encoder/``, ``tokenizer/``. Every size comes from these files;
 weights load from safetensors only (a folder with only ``.bin``/``.pt`` files is refused: unpickling runs code).
 """
 from __future__ import annotations
@@ -18,7 +18,15 @@ from ..nodes.naming import category, node_id
 
 log = logging.getLogger("UniCascade")
 COMPONENTS = ("transformer", "scheduler", "vae", "text_encoder", "tokenizer")
-DEFAULT_VAE_SCALE = 0.958917567        # what the official pipeline divides by when vae/config.json has none
+PROMPT_SYNTAXES = ("literal (official)", "comfyui weights")
+OFFICIAL_VAE_SCALE = 0.958917567       # the official pipeline always divides by this before decoding; it never reads
+                                       # vae/config.json's scaling_factor (docs/mfm.md "VAE scale")
+# FlowMatchEulerDiscreteScheduler settings and the values under which its schedule is ComfyUI's "normal" scheduler
+# at ``shift`` (docs/mfm.md "Schedule"); anything else is refused by name rather than silently ignored
+SCHEDULER_NEUTRAL = {"use_dynamic_shifting": False, "shift_terminal": None, "invert_sigmas": False,
+                     "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
+                     "stochastic_sampling": False, "num_train_timesteps": 1000}
+SCHEDULER_IGNORED = ("shift", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len", "time_shift_type")
 
 
 def pipeline_folders() -> list[str]:
@@ -97,22 +105,39 @@ def load_state_dict(component_dir: str, what: str) -> dict:
 
 
 def scheduler_shift(folder: str) -> float:
+    """The scheduler's shift; a setting that would make its σ grid differ from a fixed-shift FlowMatch Euler
+    schedule (dynamic shifting, a terminal shift, inverted or Karras/exponential/beta σ, stochastic steps) or an
+    unknown key is refused by name."""
     cfg = read_json(os.path.join(folder, "scheduler", "scheduler_config.json"), "scheduler")
     kind = cfg.get("_class_name", "FlowMatchEulerDiscreteScheduler")
     if kind != "FlowMatchEulerDiscreteScheduler":
         raise ValueError(f"scheduler: {kind} is not the flow-matching scheduler MfM samples with")
-    if cfg.get("use_dynamic_shifting"):
-        raise ValueError("scheduler: use_dynamic_shifting is on; the MfM pipeline samples with a fixed shift")
+    unknown = sorted(k for k in cfg if not k.startswith("_") and k not in SCHEDULER_NEUTRAL
+                     and k not in SCHEDULER_IGNORED)
+    if unknown:
+        raise ValueError(f"scheduler: scheduler_config.json has setting(s) {', '.join(unknown)} the pack does not "
+                         f"implement")
+    changed = [f"{k} = {cfg[k]!r}" for k, neutral in SCHEDULER_NEUTRAL.items() if k in cfg and cfg[k] != neutral
+               and not (neutral is None and cfg[k] in (None, 0))]
+    if changed:
+        raise ValueError(f"scheduler: {', '.join(changed)} changes the σ grid from the fixed-shift FlowMatch Euler "
+                         f"schedule the pack reproduces (ComfyUI's 'normal' scheduler at the shift); not supported")
     return float(cfg.get("shift", 1.0))
 
 
-def vae_scale(folder: str) -> float:
+def vae_scale(folder: str, override: float = 0.0) -> float:
+    """The latent scale of decode/encode: the official pipeline's constant (``override`` > 0 replaces it, for
+    checkpoints that are not the official MfM). A different ``scaling_factor`` in vae/config.json is logged and
+    not used, as the official pipeline never reads it."""
+    if override > 0:
+        log.info("MfM: VAE latent scale %s (override; the official pipeline uses %s)", override, OFFICIAL_VAE_SCALE)
+        return float(override)
     cfg = read_json(os.path.join(folder, "vae", "config.json"), "vae")
-    scale = cfg.get("scaling_factor")
-    if scale is None:
-        log.info("MfM: vae/config.json has no scaling_factor; using the official pipeline's %s", DEFAULT_VAE_SCALE)
-        return DEFAULT_VAE_SCALE
-    return float(scale)
+    configured = cfg.get("scaling_factor")
+    if configured is not None and abs(float(configured) - OFFICIAL_VAE_SCALE) > 1e-9:
+        log.info("MfM: vae/config.json says scaling_factor %s; using the official pipeline's %s (it never reads the "
+                 "config's value; set vae_scale_override for other checkpoints)", configured, OFFICIAL_VAE_SCALE)
+    return OFFICIAL_VAE_SCALE
 
 
 def load_transformer(folder: str, shift: float, scale: float):
@@ -156,21 +181,21 @@ def load_transformer(folder: str, shift: float, scale: float):
                                             offload_device=comfy.model_management.unet_offload_device())
 
 
-def load_pipeline_model(name: str):
+def load_pipeline_model(name: str, vae_scale_override: float = 0.0):
     folder = resolve_folder(name)
     check_components(folder)
-    return load_transformer(folder, scheduler_shift(folder), vae_scale(folder))
+    return load_transformer(folder, scheduler_shift(folder), vae_scale(folder, vae_scale_override))
 
 
-def load_pipeline(name: str) -> tuple:
+def load_pipeline(name: str, vae_scale_override: float = 0.0, literal_prompts: bool = True) -> tuple:
     """(MODEL, CLIP, VAE) of a pipeline folder."""
     from .mfm_text_encoder import load_text_encoder
     from .mfm_vae import load_vae
 
     folder = resolve_folder(name)
     check_components(folder)
-    model = load_transformer(folder, scheduler_shift(folder), vae_scale(folder))
-    clip = load_text_encoder(folder)
+    model = load_transformer(folder, scheduler_shift(folder), vae_scale(folder, vae_scale_override))
+    clip = load_text_encoder(folder, literal_prompts)
     text_dim = model.model.diffusion_model.config.text_dim
     width = clip.cond_stage_model.mfm_t5.transformer.shared.weight.shape[1]
     if width != text_dim:
@@ -212,7 +237,17 @@ class MfMPipelineLoader(io.ComfyNode):
                         "CLIPTextEncode and its VAE for VAEDecode. Sizes come from the folder's "
                         "config files; weights from safetensors only.",
             inputs=[io.Combo.Input("pipeline", options=pipeline_folders(),
-                                   tooltip="A folder under models/mfm holding model_index.json.")],
+                                   tooltip="A folder under models/mfm holding model_index.json."),
+                    io.Combo.Input("prompt_syntax", options=list(PROMPT_SYNTAXES), default=PROMPT_SYNTAXES[0],
+                                   optional=True,
+                                   tooltip="literal (default, as the official pipeline): the prompt's text is "
+                                           "tokenised as written — lower-cased, cut at 77 tokens — so (word:1.2) "
+                                           "or embedding: are plain text. comfyui weights: ComfyUI's (word:1.2) "
+                                           "weighting and embeddings apply (output differs from the official)."),
+                    io.Float.Input("vae_scale_override", default=0.0, min=0.0, max=10.0, step=0.0001, optional=True,
+                                   tooltip=f"0 (default): the official latent scale {OFFICIAL_VAE_SCALE}, whatever "
+                                           "vae/config.json says (the official pipeline never reads it). Set a "
+                                           "value only for a checkpoint trained with another scale.")],
             outputs=[io.Model.Output(tooltip="The MfM transformer (flow, the pipeline's shift)."),
                      io.Clip.Output(tooltip="The pipeline's T5 (77 tokens, prompt lower-cased, its attention mask "
                                             "carried to the DiT): use it with CLIPTextEncode."),
@@ -221,5 +256,7 @@ class MfMPipelineLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, pipeline) -> io.NodeOutput:
-        return io.NodeOutput(*load_pipeline(pipeline))
+    def execute(cls, pipeline, prompt_syntax=PROMPT_SYNTAXES[0], vae_scale_override=0.0) -> io.NodeOutput:
+        if prompt_syntax not in PROMPT_SYNTAXES:
+            raise ValueError(f"prompt_syntax: one of {', '.join(PROMPT_SYNTAXES)}, not {prompt_syntax!r}")
+        return io.NodeOutput(*load_pipeline(pipeline, vae_scale_override, prompt_syntax == PROMPT_SYNTAXES[0]))

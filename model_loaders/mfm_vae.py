@@ -34,6 +34,8 @@ class CogVideoXVAE:
         self.spatial = 2 ** (len(autoencoder.config.block_out_channels) - 1)
         self.device = comfy.model_management.vae_device()
         self.vae_dtype = next(autoencoder.parameters()).dtype
+        self.default_tiling = {k: getattr(autoencoder, k) for k in (   # diffusers' own, what the official run uses
+            "tile_sample_min_height", "tile_sample_min_width", "tile_overlap_factor_height", "tile_overlap_factor_width")}
         self.patcher = comfy.model_patcher.ModelPatcher(_Holder(autoencoder), load_device=self.device,
                                                         offload_device=comfy.model_management.vae_offload_device())
 
@@ -62,12 +64,26 @@ class CogVideoXVAE:
         return latent[:, :, 0].float().cpu()
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """As the official pipeline decodes: diffusers' spatial tiling at its default tiles (a no-op for latents
+        smaller than a tile); when that runs out of memory, tiles a quarter the size (ComfyUI's VAEDecode falls back
+        to tiles the same way)."""
+        import comfy.model_management
+
         if latent.ndim != 5 or latent.shape[1] != self.latent_channels:
             raise ValueError(f"samples: a {self.latent_channels}-channel video latent [B, C, T, h, w] is needed, got "
                              f"{tuple(latent.shape)}")
         device = self._load()
-        with torch.no_grad():
-            video = self.model.decode(latent.to(device, self.vae_dtype)).sample          # [B, 3, F, H, W]
+        self.model.enable_tiling(**self.default_tiling)
+        try:
+            with torch.no_grad():
+                video = self.model.decode(latent.to(device, self.vae_dtype)).sample      # [B, 3, F, H, W]
+        except comfy.model_management.OOM_EXCEPTION:
+            comfy.model_management.soft_empty_cache()
+            self.model.enable_tiling(**{**self.default_tiling,
+                                        "tile_sample_min_height": self.default_tiling["tile_sample_min_height"] // 2,
+                                        "tile_sample_min_width": self.default_tiling["tile_sample_min_width"] // 2})
+            with torch.no_grad():
+                video = self.model.decode(latent.to(device, self.vae_dtype)).sample
         if video.shape[2] % self.temporal == 0:  # 4T frames: the first 3 are dropped, as the official script does
             video = video[:, :, self.temporal - 1:]
         return ((video.float().clamp(-1, 1) + 1) / 2).movedim(1, -1).cpu()           # [B, F, H, W, 3]
@@ -129,4 +145,7 @@ def load_vae(folder: str) -> CogVideoXVAE:
     if missing or unexpected:
         raise ValueError(f"vae: the weights do not match config.json — missing {list(missing)[:4]}, unexpected "
                          f"{list(unexpected)[:4]}")
-    return CogVideoXVAE(autoencoder)
+    import comfy.model_management
+    # the official pipeline runs it in bf16; ComfyUI's choice for the device (bf16 where the GPU has it, fp32 on a CPU)
+    dtype = comfy.model_management.vae_dtype(comfy.model_management.vae_device(), [torch.bfloat16, torch.float32])
+    return CogVideoXVAE(autoencoder.to(dtype))

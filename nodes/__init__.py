@@ -27,6 +27,7 @@ NODE_MODULES = [
     "nodes.pyramid_reflection",
     "model_loaders.mfm_pipeline",
     "nodes.mfm_apply",
+    "nodes.mfm_assemble",
     "model_loaders.unimmvsr",
     "model_loaders.space_to_depth_vae",
     "nodes.unimmvsr_upsampler",

@@ -44,7 +44,9 @@ class MfMConditionBuilder(io.ComfyNode):
                          "is 1; ComfyUI MASK inputs and outputs here use ComfyUI's polarity (1 = area to generate)."),
             inputs=[
                 io.Combo.Input("task", options=list(TASK_LABELS), default=DEFAULT_TASK,
-                               tooltip="Which of the 16 tasks. Default image-to-video. Image tasks make one frame."),
+                               tooltip="Which of the 16 tasks. Default image-to-video. Image tasks make one frame. "
+                                       "Tasks marked pack-only (image editing) are not in the official script: "
+                                       "their tag is the pack's guess and no official output exists for them."),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="Your prompt; the task tag and additions are appended as MfM expects."),
                 rule(io.Int.Input("width", default=DEFAULT_WIDTH, min=16, max=8192, step=16,
@@ -61,9 +63,12 @@ class MfMConditionBuilder(io.ComfyNode):
                      "4n+1"),
                 io.Combo.Input("fit", options=list(FIT_MODES), default="pad",
                                tooltip="pad (default, official keep_ratio): fit inside, the padding is generated; "
-                                       "crop: fill the canvas, centre crop; stretch: ignore the aspect ratio."),
+                                       "keep_res (official keep_res, what the official README runs): the fitted "
+                                       "size is the canvas, nothing padded; crop: fill the canvas, centre crop "
+                                       "(pack-only); stretch: ignore the aspect ratio (pack-only)."),
                 io.Boolean.Input("swap_portrait", default=True,
-                                 tooltip="Default on (official): a portrait input turns a landscape canvas portrait."),
+                                 tooltip="Default on (official): a portrait input swaps the canvas's width and "
+                                         "height (a portrait canvas turns landscape)."),
                 io.Float.Input("motion_score", default=DEFAULT_MOTION, min=0.0, max=20.0, step=0.5,
                                tooltip=f"MfM's motion micro-condition. Default {DEFAULT_MOTION}, range 0–20; image "
                                        "tasks always use 0."),
@@ -90,6 +95,10 @@ class MfMConditionBuilder(io.ComfyNode):
                 io.Mask.Input("mask", optional=True,
                               tooltip="Inpainting/outpainting mask in ComfyUI polarity: 1 = area to generate. One "
                                       "mask for all frames or one per frame, the input's size."),
+                io.Boolean.Input("official_canvas", default=True, optional=True,
+                                 tooltip="Default on: image tasks use the official script's canvas (text-to-image "
+                                         "and colorization 1024×1024, super-resolution 1280×1280) instead of "
+                                         "width × height."),
                 DEPTH_MODEL.Input("depth_model", optional=True,
                                                           tooltip="Depth Anything V2, computed on the fitted known "
                                                                   "frames as the official pipeline does."),
@@ -118,7 +127,7 @@ class MfMConditionBuilder(io.ComfyNode):
     @classmethod
     def execute(cls, task, prompt, width, height, frames, fit, swap_portrait, motion_score, fps, mask_source, mask_seed,
                 depth_mode, clip_frames, image=None, last_image=None, video=None, video_b=None, mask=None,
-                depth_model=None) -> io.NodeOutput:
+                official_canvas=True, depth_model=None) -> io.NodeOutput:
         for name, value, options in (("fit", fit, FIT_MODES), ("mask_source", mask_source, MASK_SOURCES),
                                      ("depth_mode", depth_mode, DEPTH_MODES)):
             require_choice(name, value, options)
@@ -136,7 +145,7 @@ class MfMConditionBuilder(io.ComfyNode):
                                last_image=last_image, video=video, video_b=video_b, keep_mask=keep,
                                mask_source=mask_source, seed=mask_seed, fit=fit, swap_portrait=swap_portrait,
                                depth_mode=depth_mode, depth_fn=depth_fn, clip_frames=clip_frames,
-                               motion_score=motion_score, fps=fps)
+                               motion_score=motion_score, fps=fps, official_canvas=official_canvas)
         for warning in cond.warnings:
             logging.warning("UniCascade: MfM Condition: %s", warning)
         control, control_masks = cond.vace_control()

@@ -11,12 +11,16 @@ so core samplers, schedulers, previews and ComfyUI's memory manager treat it lik
 """
 from __future__ import annotations
 
+import json
+import os
+
 import comfy.conds
 import comfy.latent_formats
 import comfy.model_base
 import comfy.supported_models_base
 import torch
 
+from ..core.mfm.tasks import DEFAULT_MOTION
 from ..core.mfm.transformer import MfMTransformer3D
 
 CONDITION_KEY = "mfm_condition"     # in a conditioning's options: {"pixels": [1,5,F,H,W], "motion_score": float}
@@ -66,7 +70,7 @@ class ComfyMfMTransformer(MfMTransformer3D):
                 **kwargs):
         from comfy.ldm.modules.attention import optimized_attention
 
-        from .attention_boost import CROSS_TAG_KEY
+        from .attention_boost import CROSS_TAG_KEY, TRACE_ENV
 
         heads = self.heads
 
@@ -75,6 +79,10 @@ class ComfyMfMTransformer(MfMTransformer3D):
             return optimized_attention(q, k, v, heads, mask=None if bias is None else bias.to(q.dtype),
                                        skip_reshape=True, skip_output_reshape=True, transformer_options=options)
 
+        trace = os.environ.get(TRACE_ENV)
+        if trace:   # tests read the σ grid the sampler gave (σ = timestep / 1000)
+            with open(trace, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"event": "mfm_call", "timestep": [float(t) for t in timestep.flatten()]}) + "\n")
         adapted = self.cached_adapter_output(x, mfm_condition, mfm_condition_id)
         return super().forward(x, timestep, context, attention=attend, mfm_condition=mfm_condition,
                                adapter_output=adapted, **kwargs)
@@ -112,6 +120,10 @@ class MfMModel(comfy.model_base.BaseModel):
         if mask is not None:
             out["attention_mask"] = comfy.conds.CONDRegular(mask)
         condition = kwargs.get(CONDITION_KEY)
+        if condition is None:   # plain text prompts: the official t2v/t2i motion score (5 for video, 0 for one frame)
+            noise = kwargs.get("noise")
+            frames = noise.shape[2] if noise is not None and noise.ndim == 5 else 2
+            out["motion_score"] = comfy.conds.CONDRegular(torch.tensor([0.0 if frames == 1 else DEFAULT_MOTION]))
         if condition is not None:
             out["mfm_condition"] = comfy.conds.CONDRegular(condition["pixels"])
             if condition.get("id") is not None:  # lets the model reuse the adapter's output across steps

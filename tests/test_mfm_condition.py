@@ -74,7 +74,7 @@ def test_sixteen_tasks_registered():
 def test_task(key):
     name, added, negative, is_image, generation = EXPECTED[key]
     task = TASKS[key]
-    cond = build_condition(task, "A cat", W, H, F, depth_fn=fake_depth, **inputs_for(key))
+    cond = build_condition(task, "A cat", W, H, F, depth_fn=fake_depth, official_canvas=False, **inputs_for(key))
     assert cond.positive == f"A cat {added} #task: {name}"
     assert cond.negative == negative and "#task" not in cond.negative
     n = 1 if is_image else (F if key in ("t2v", "i2v", "vext", "flf2v", "flc2v") else 21)
@@ -135,11 +135,14 @@ def test_fitting_rules_official():
 
 
 def test_sr_places_low_res_video_bicubically_into_the_box():
+    """As the official code: each frame an 8-bit PIL image resized with Pillow's bicubic."""
+    import numpy as np
+    from PIL import Image
     lr = frames(9, h=16, w=24)
     cond = build_condition(TASKS["vsr"], "x", 96, 64, 9, video=lr)
-    want = torch.nn.functional.interpolate(lr.movedim(-1, 1), size=(64, 96), mode="bicubic", align_corners=False,
-                                           antialias=True).clamp(0, 1).movedim(1, -1)
-    assert torch.allclose(cond.canvas, want, atol=1e-5)
+    want = torch.stack([torch.from_numpy(np.asarray(Image.fromarray((f.numpy() * 255).round().astype(np.uint8))
+                                                    .resize((96, 64), Image.BICUBIC))) for f in lr]).float() / 255
+    assert torch.equal(cond.canvas, want)
 
 
 def test_video_tasks_use_first_4n_plus_1_frames():

@@ -1,6 +1,8 @@
 """MfM Pipeline Loader (issue 12, loading): tiny pipeline folders in the official diffusers layout load through the
 real server and sample with core KSampler; config-driven sizes, both block layouts, the scheduler's shift, the
 VAE's scaling factor, and clear errors for broken folders."""
+import re
+
 import pytest
 import torch
 
@@ -79,9 +81,50 @@ def test_the_scheduler_shift_and_the_vae_scale_come_from_the_folder(pack, comfy_
     sigmas = comfy.samplers.calculate_sigmas(sampling, "simple", 4)
     assert float(sigmas[0]) == pytest.approx(1.0) and float(sigmas[-1]) == 0.0
     assert all(torch.isclose(sampling.sigmas, s).any() for s in sigmas[:-1])
-    assert model.model.latent_format.scale_factor == VAE_SCALE
+    # the latent scale is the official pipeline's constant, whatever vae/config.json says (it holds VAE_SCALE here)
+    official = 0.958917567
+    assert VAE_SCALE != official and model.model.latent_format.scale_factor == official
     lat = torch.randn(1, 16, 2, 4, 4)
-    assert torch.allclose(model.model.process_latent_out(lat), lat / VAE_SCALE)
+    assert torch.allclose(model.model.process_latent_out(lat), lat / official)
+    overridden = pack("model_loaders.mfm_pipeline").load_pipeline_model(MFM, vae_scale_override=0.5)
+    assert overridden.model.latent_format.scale_factor == 0.5
+
+
+def test_a_vae_config_holding_cogvideox_default_scale_does_not_change_the_latent_scale(pack, tmp_path, caplog):
+    """diffusers writes scaling_factor into every vae/config.json (CogVideoX's default 1.15258426): the official
+    pipeline divides by 0.958917567 regardless, so the pack must too — and say that it ignores the config."""
+    import json
+    import logging
+    loader = pack("model_loaders.mfm_pipeline")
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLCogVideoX",
+                                                             "scaling_factor": 1.15258426}))
+    with caplog.at_level(logging.INFO, logger="UniCascade"):
+        assert loader.vae_scale(str(tmp_path)) == 0.958917567
+    assert "scaling_factor 1.15258426" in caplog.text and "never reads" in caplog.text
+    assert loader.vae_scale(str(tmp_path), override=1.15258426) == 1.15258426
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"use_dynamic_shifting": True}, "use_dynamic_shifting = True"),
+    ({"shift_terminal": 0.1}, "shift_terminal = 0.1"),
+    ({"invert_sigmas": True}, "invert_sigmas = True"),
+    ({"use_karras_sigmas": True}, "use_karras_sigmas = True"),
+    ({"use_beta_sigmas": True}, "use_beta_sigmas = True"),
+    ({"some_future_option": 3}, "setting(s) some_future_option the pack does not implement"),
+])
+def test_scheduler_settings_that_change_the_sigma_grid_are_refused_by_name(pack, tmp_path, setting, message):
+    import json
+    loader = pack("model_loaders.mfm_pipeline")
+    (tmp_path / "scheduler").mkdir()
+    base = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 7.0,
+            "use_dynamic_shifting": False, "shift_terminal": None, "invert_sigmas": False,
+            "use_karras_sigmas": False, "base_shift": 0.5, "max_shift": 1.15}
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(base))
+    assert loader.scheduler_shift(str(tmp_path)) == 7.0
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({**base, **setting}))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        loader.scheduler_shift(str(tmp_path))
 
 
 @pytest.mark.parametrize("pipeline, message", [
@@ -229,9 +272,14 @@ def test_the_shipped_mfm_workflows_take_cfg_from_the_builder_and_the_papers_50_s
         nodes = {n["id"]: n for n in wf["nodes"]}
         sampler = next(n for n in wf["nodes"] if n["type"] == "KSampler")
         assert sampler["widgets_values"][2] == 50, name
+        assert sampler["widgets_values"][5] == "normal", name      # the official FlowMatch Euler σ grid
         link = next(i["link"] for i in sampler["inputs"] if i["name"] == "cfg")
         origin = next(lk for lk in wf["links"] if lk[0] == link)
         assert nodes[origin[1]]["type"] == "UniCascadeMfMCondition" and origin[2] == 11, name
+        if name == "mfm_image_super_resolution":   # the official output: 4× the input image
+            save = next(n for n in wf["nodes"] if n["type"] == "SaveImage")
+            source = next(lk for lk in wf["links"] if lk[0] == save["inputs"][0]["link"])
+            assert nodes[source[1]]["type"] == "UniCascadeMfMAssembleOutput", name
 
 
 def test_the_schedule_preview_shows_mfms_shifted_schedule(comfy):

@@ -101,7 +101,11 @@ def build_condition(task: Task, prompt: str, width: int, height: int, frames: in
                     fit: str = "pad", swap_portrait: bool = True, depth_mode: str = DEPTH_MODES[0],
                     depth_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                     clip_frames: int = CLIP_FRAMES, motion_score: float = DEFAULT_MOTION,
-                    fps: int = DEFAULT_FPS) -> MfMCondition:
+                    fps: int = DEFAULT_FPS, official_canvas: bool = True) -> MfMCondition:
+    """The condition of ``task``; with ``official_canvas`` an image task with an official canvas (t2i and icolor
+    1024², isr 1280²) uses it instead of ``width × height``."""
+    if official_canvas and task.size is not None:
+        width, height = task.size
     if width % 16 or height % 16 or width < 16 or height < 16:
         raise ValueError(f"width/height: {width}×{height} is not a multiple of 16 "
                          f"(try {max(16, round(width / 16) * 16)}×{max(16, round(height / 16) * 16)})")
@@ -147,11 +151,11 @@ def build_condition(task: Task, prompt: str, width: int, height: int, frames: in
     elif key in ("iedit", "icolor", "isr", "iinp", "ioutp"):
         placed.append((_single("image", image), [0]))
 
-    if key == "icolor":
-        fit = "stretch"  # the official image-colorization path resizes to the box first
     if placed:
         first = placed[0][0]
         placement = fitting.plan(first.shape[2], first.shape[1], width, height, fit, swap_portrait)
+        if key == "icolor":   # the official path stretches the image to the box first, then fits that as usual
+            placed[0] = (fitting.resize(first, width, height), [0])
         canvas_w, canvas_h = placement.canvas_width, placement.canvas_height
     else:
         placement, (canvas_w, canvas_h) = None, (width, height)
@@ -205,4 +209,6 @@ def build_condition(task: Task, prompt: str, width: int, height: int, frames: in
     return MfMCondition(task=task, pixels=pixels, depth=depth, keep=keep, canvas=canvas,
                         known_frames=sorted(set(known)), positive=positive_prompt(task, prompt, fps),
                         negative=negative_prompt(task), motion_score=0.0 if task.image else float(motion_score),
-                        cfg=task.cfg, fps=fps, placement=placement, warnings=warnings)
+                        cfg=task.cfg, fps=fps, placement=placement, warnings=warnings,
+                        extras={"video": video, "video_b": video_b, "clip_frames": clip_frames,
+                                "image_size": None if image is None else tuple(image.shape[1:3])})

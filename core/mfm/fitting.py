@@ -1,25 +1,27 @@
-"""Fitting inputs into MfM's canvas, as the official pipeline does (SPEC §2, official ``pipeline_mfm.py``).
+"""Fitting inputs into MfM's canvas, as the official pipeline does (``pipeline_mfm.py``; docs/mfm.md "Fitting").
 
-- The box is ``width × height``; a portrait input (narrower than tall) swaps a landscape box, unless
-  ``swap_portrait`` is off (the official ``keep_ratio_h``). The official script swaps for every portrait input;
-  with its landscape default box that is the same rule, and a box the user already made portrait is kept.
-- ``pad`` (official ``keep_ratio``): scale to fit inside the box, keep the ratio, round the scaled size down to
-  multiples of 16, centre it on a black canvas; the padding is marked *to be generated* (keep mask 0).
+- The box is ``width × height``; a portrait input (narrower than tall) swaps it, whatever its orientation —
+  the official rule (a box the user made portrait turns landscape for a portrait input) — unless
+  ``swap_portrait`` is off (the official ``keep_ratio_h``).
+- ``pad`` (official ``keep_ratio``, its default): scale to fit inside the box, keep the ratio, round the scaled
+  size down to multiples of 16, centre it on a black canvas; the padding is marked *to be generated* (mask 0).
+- ``keep_res`` (official ``keep_res``, the mode its README runs): the same fitted size, and the canvas is that
+  size — nothing is padded.
 - ``crop``: scale to cover the box and centre-crop (not in the official script; offered for inputs whose
   borders need not be regenerated).
-- ``stretch``: resize to the box (the official image-colorization path does this first).
+- ``stretch``: resize to the box.
 
-Resizing is bicubic with antialiasing (the official code resizes PIL images with their bicubic default).
+Resizing is Pillow's bicubic on 8-bit frames, as the official code resizes its PIL images.
 Frames are ComfyUI IMAGE tensors [T, H, W, C] in [0, 1]; masks [T, H, W] in [0, 1] with 1 = keep/known.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
-FIT_MODES = ("pad", "crop", "stretch")
+FIT_MODES = ("pad", "keep_res", "crop", "stretch")
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,8 @@ class Placement:
 
 
 def box_for(image_width: int, image_height: int, width: int, height: int, swap_portrait: bool = True):
-    """The (width, height) box after the official portrait swap."""
-    if swap_portrait and image_width < image_height and width > height:
+    """The (width, height) box after the official portrait swap: every portrait input swaps it."""
+    if swap_portrait and image_width < image_height:
         return height, width, True
     return width, height, False
 
@@ -52,10 +54,12 @@ def plan(image_width: int, image_height: int, width: int, height: int, mode: str
         raise ValueError(f"a {width}×{height} canvas is smaller than 16×16 after rounding to multiples of 16")
     if mode == "stretch":
         return Placement(box_w, box_h, 0, 0, box_w, box_h, swapped)
-    if mode == "pad":
+    if mode in ("pad", "keep_res"):
         scale = min(box_w / image_width, box_h / image_height)
         w = max(16, round(image_width * scale) // 16 * 16)
         h = max(16, round(image_height * scale) // 16 * 16)
+        if mode == "keep_res":
+            return Placement(w, h, 0, 0, w, h, swapped)
         return Placement(box_w, box_h, (box_w - w) // 2, (box_h - h) // 2, w, h, swapped)
     scale = max(box_w / image_width, box_h / image_height)
     w, h = max(box_w, round(image_width * scale)), max(box_h, round(image_height * scale))
@@ -63,12 +67,19 @@ def plan(image_width: int, image_height: int, width: int, height: int, mode: str
 
 
 def resize(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """[T, H, W, C] → [T, height, width, C], bicubic + antialias, clamped to [0, 1]."""
+    """[T, H, W, C] → [T, height, width, C] as the official code resizes: each frame an 8-bit PIL image (C = 3:
+    RGB, C = 1: a mask), Pillow's bicubic, back to [0, 1]."""
     if frames.shape[1] == height and frames.shape[2] == width:
         return frames
-    x = frames.movedim(-1, 1).float()
-    x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
-    return x.clamp(0, 1).movedim(1, -1).to(frames.dtype)
+    from PIL import Image
+
+    out = []
+    for frame in frames:
+        pixels = (frame.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+        resized = np.asarray(image.resize((width, height), Image.Resampling.BICUBIC))
+        out.append(torch.from_numpy(resized.reshape(height, width, -1).copy()))
+    return (torch.stack(out).float() / 255.0).to(frames.dtype)
 
 
 def place(frames: torch.Tensor, p: Placement, fill: float = 0.0) -> torch.Tensor:

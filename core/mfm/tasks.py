@@ -4,8 +4,9 @@ Each task has the name the model was trained to read after ``#task:``, whether i
 video task, whether it *generates* frames without a frame-wise condition (depth is then written only at the
 known frames), which frames are known, its prompt additions, negative prompt and guidance.
 
-"image editing" (paper Appendix A, task 16) is absent from the official script's task map; its tag follows
-"video editing" by analogy and is marked as such.
+"image editing" (paper Appendix A, task 16) is absent from the official script's task map: its tag is the
+pack's own (following "video editing"), labelled "pack-only" in the task list, and the official pipeline's
+output cannot be reproduced for it.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ TASKS: dict[str, Task] = {t.key: t for t in [
     Task("ioutp", "image outpainting", True, False, ("image", "mask")),
 ]}
 
-TASK_LABELS = {f"{t.name} ({t.key})": t.key for t in TASKS.values()}
+TASK_LABELS = {f"{t.name} ({t.key}{'' if t.official_tag else ', pack-only'})": t.key for t in TASKS.values()}
 
 
 def task_from_label(label: str) -> Task:

@@ -17,6 +17,7 @@ MFM_NO_VAE = "MfM-tiny-no-vae"
 MFM_MISMATCH = "MfM-tiny-mismatch"    # config.json says 3 layers, the weights have 2
 MFM_PICKLE = "MfM-tiny-pickle"        # transformer weights only as a .bin
 MFM_TRUNCATED = "MfM-tiny-truncated"
+MFM_BY_SHIFT = {12.0: "MfM-tiny-shift12", 3.0: "MfM-tiny-shift3"}   # scheduler shift 12 / 3 (the σ-grid tests)
 SHIFT, VAE_SCALE = 5.0, 0.7
 CONFIG = {"_class_name": "Transformer3DModel", "num_attention_heads": 2, "attention_head_dim": 32,
           "in_channels": 16, "out_channels": 16, "num_layers": 2, "cross_attention_dim": 4096, "patch_size": 2,
@@ -80,7 +81,7 @@ def write_text_encoder(folder: str, vocab: int, seed: int = 0) -> None:
 
 
 def write_pipeline(folder: str, config: dict = CONFIG, *, weights: dict | None = None, skip: tuple = (),
-                   pickle_only: bool = False, truncate: bool = False) -> None:
+                   pickle_only: bool = False, truncate: bool = False, shift: float = SHIFT) -> None:
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "model_index.json"), "w") as f:
         json.dump({"_class_name": "MfMPipeline", "transformer": ["mfm", "Transformer3DModel"],
@@ -105,7 +106,7 @@ def write_pipeline(folder: str, config: dict = CONFIG, *, weights: dict | None =
             with open(path, "wb") as f:
                 f.write(data[: len(data) // 2])
     with open(os.path.join(folder, "scheduler", "scheduler_config.json"), "w") as f:
-        json.dump({"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": SHIFT,
+        json.dump({"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": shift,
                    "use_dynamic_shifting": False}, f)
     if "tokenizer" not in skip:
         vocab = write_tokenizer(os.path.join(folder, "tokenizer"))
@@ -134,3 +135,5 @@ def write_mfm_fixtures(base: str) -> None:
     write_pipeline(os.path.join(root, MFM_MISMATCH), {**CONFIG, "num_layers": 3}, weights=transformer_weights(CONFIG))
     write_pipeline(os.path.join(root, MFM_PICKLE), pickle_only=True)
     write_pipeline(os.path.join(root, MFM_TRUNCATED), truncate=True)
+    for shift, name in MFM_BY_SHIFT.items():
+        write_pipeline(os.path.join(root, name), shift=shift)
