@@ -247,7 +247,7 @@ class MfMPipelineLoader(io.ComfyNode):
                     io.Float.Input("vae_scale_override", default=0.0, min=0.0, max=10.0, step=0.0001, optional=True,
                                    tooltip=f"0 (default): the official latent scale {OFFICIAL_VAE_SCALE}, whatever "
                                            "vae/config.json says (the official pipeline never reads it). Set a "
-                                           "value only for a checkpoint trained with another scale.")],
+                                           "value only for a checkpoint trained with another scale. Range 0–10.")],
             outputs=[io.Model.Output(tooltip="The MfM transformer (flow, the pipeline's shift)."),
                      io.Clip.Output(tooltip="The pipeline's T5 (77 tokens, prompt lower-cased, its attention mask "
                                             "carried to the DiT): use it with CLIPTextEncode."),

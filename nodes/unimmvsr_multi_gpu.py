@@ -81,17 +81,18 @@ _routes_registered = False
 def register_routes() -> None:
     """POST /unicascade/unimmvsr/release ends the resident workers (their GPU memory is freed); during a prompt
     that samples with them, as soon as it ends ({"pending": true}). The teardown runs off the event loop."""
-    try:
-        from aiohttp import web
-        from server import PromptServer
-    except ImportError:  # not inside ComfyUI's server
-        return
+    import sys
+
     global _routes_registered
-    if PromptServer.instance is None or _routes_registered:
+    # only a server that exists: importing ComfyUI's server module here would load its whole web stack (and, in a
+    # process without a server, find no instance)
+    server = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
+    if server is None or _routes_registered:
         return
+    from aiohttp import web
     _routes_registered = True
 
-    @PromptServer.instance.routes.post("/unicascade/unimmvsr/release")
+    @server.routes.post("/unicascade/unimmvsr/release")
     async def release_workers(request):
         import asyncio
 

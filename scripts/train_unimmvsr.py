@@ -47,6 +47,19 @@ def import_pack(comfy_dir: str, cpu: bool):
     return (pack_submodule(PACKAGE, "training.unimmvsr.config"), pack_submodule(PACKAGE, "training.unimmvsr.trainer"))
 
 
+def fixed_mmap_threshold(limit: int = 128 * 1024) -> None:
+    """glibc raises its mmap threshold after the first large free, so the trainer's large short-lived buffers
+    (UMT5's 8 MB prompt embeddings, decoded frames) then come from the heap, fragment it and keep host RSS
+    wandering by hundreds of MB; a fixed threshold returns them to the OS at once. Linux/glibc only."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-3, limit)   # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def parse_sets(values: list[str]) -> dict:
     out = {}
     for item in values:
@@ -78,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan-json", default="", help="also write the plan as JSON to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    fixed_mmap_threshold()
     import torch
     cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
     config, trainer = import_pack(comfyui_dir(args.comfyui), cpu)

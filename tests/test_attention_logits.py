@@ -115,16 +115,21 @@ def test_unsupported_model_is_named(pack, comfy_in_process):
 # --- joint attention (Flux) ------------------------------------------------------------------------------
 
 def tiny_flux():
-    from comfy.ldm.flux.model import Flux
+    import dataclasses
+
+    from comfy.ldm.flux.model import Flux, FluxParams
 
     torch.manual_seed(3)
+    # newer hosts add a required FluxParams field (the text ids' RoPE axes; none for Flux 1)
+    extra = {"txt_ids_dims": []} if any(f.name == "txt_ids_dims" for f in dataclasses.fields(FluxParams)) else {}
     model = Flux(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=64,
                  hidden_size=128, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1,
                  axes_dim=[16, 24, 24], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=False,
-                 operations=torch.nn)
+                 operations=torch.nn, **extra)
+    norms = ("query_norm.scale", "key_norm.scale", "query_norm.weight", "key_norm.weight")   # old / new QKNorm
     with torch.no_grad():  # Flux allocates some parameters with torch.empty: give every one a defined value
         for name, p in model.named_parameters():
-            p.fill_(1.0) if name.endswith("scale") else p.normal_(0, 0.1)
+            p.fill_(1.0) if name.endswith(norms) else p.normal_(0, 0.1)
     return model.float().eval()
 
 

@@ -92,7 +92,7 @@ class TextEncoder:
     def write(self, prompt: str, context: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Store an encoded [1, L, D] embedding (its real tokens) in the disk cache; returns (real tokens, L)."""
         length = context.shape[1]
-        real = context[:, :real_tokens(context)].to(self.dtype).contiguous()
+        real = context[:, :real_tokens(context)].to(self.dtype).clone()   # never a view of the padded storage
         path = self.path(prompt)
         if path:
             from safetensors.torch import save_file

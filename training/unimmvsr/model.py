@@ -12,6 +12,8 @@ function the sampler runs (SPEC §1: "init from a pretrained T2V model").
 """
 from __future__ import annotations
 
+import contextlib
+
 import os
 
 import torch
@@ -69,9 +71,13 @@ def enable_gradient_checkpointing(wan: torch.nn.Module) -> None:
             continue
         original = type(block).forward
 
-        def forward(*args, _block=block, _original=original, **kwargs):
+        def differentiable(*args, _original=original, **kwargs):   # re-run in backward, after forward returned
+            with host_autograd_ops():
+                return _original(*args, **kwargs)
+
+        def forward(*args, _block=block, _original=original, _recompute=differentiable, **kwargs):
             if torch.is_grad_enabled():
-                return torch.utils.checkpoint.checkpoint(_original, _block, *args, use_reentrant=False, **kwargs)
+                return torch.utils.checkpoint.checkpoint(_recompute, _block, *args, use_reentrant=False, **kwargs)
             return _original(_block, *args, **kwargs)
 
         block.forward = forward
@@ -102,8 +108,27 @@ class TrainModule(torch.nn.Module):
             enable_gradient_checkpointing(wan)
 
     def forward(self, x, timestep, context, aug_t, references=None):
-        return unimmvsr_forward(self.wan, getattr(self.wan, AUG_MODULE), x, timestep, context, aug_t=aug_t,
-                                references=references, transformer_options={})
+        with host_autograd_ops(torch.is_grad_enabled()):
+            return unimmvsr_forward(self.wan, getattr(self.wan, AUG_MODULE), x, timestep, context, aug_t=aug_t,
+                                    references=references, transformer_options={})
+
+
+@contextlib.contextmanager
+def host_autograd_ops(needed: bool = True):
+    """While gradients flow: the host's differentiable code paths. ComfyUI ≥ 0.3x routes Wan's RoPE (and fused
+    linear activations) through comfy-kitchen custom ops that have no backward, unless its
+    ``model_management.in_training`` flag is set — what its own trainer sets. Feature-detected: a host without the
+    flag (0.3.75) has only the plain PyTorch path."""
+    import comfy.model_management as mm
+
+    if not needed or not hasattr(mm, "in_training") or mm.in_training:
+        yield
+        return
+    mm.in_training = True
+    try:
+        yield
+    finally:
+        mm.in_training = False
 
 
 def add_lora(wan: torch.nn.Module, rank: int, alpha: float) -> None:
