@@ -92,3 +92,43 @@ def test_a_non_wan_model_keeps_default_attention_with_a_message(comfy):
     assert "Wan 2.1/2.2" in choice[-1]["message"] and "SD3" in choice[-1]["message"]
     assert "UniCascade Attention (flex): the fused kernels serve Wan 2.1/2.2 models" in comfy.log_text()
     assert load_latent(comfy, comfy.prefix).shape[1] == 16
+
+
+def with_builtin_backend(prompt: dict, where: str) -> dict:
+    """``prompt`` with ComfyUI's own attention-backend node ("pytorch attention") before or after UniCascade
+    Attention."""
+    ours = next(k for k, v in prompt.items() if v["class_type"] == NODE)
+    builtin = str(max(int(k) for k in prompt if k.isdigit()) + 1000)
+    if where == "before":
+        prompt[builtin] = {"class_type": "ModelAttentionBackend",
+                           "inputs": {"model": prompt[ours]["inputs"]["model"], "attention": "pytorch attention"}}
+        prompt[ours]["inputs"]["model"] = [builtin, 0]
+    else:
+        prompt[builtin] = {"class_type": "ModelAttentionBackend",
+                           "inputs": {"model": [ours, 0], "attention": "pytorch attention"}}
+        for key, spec in prompt.items():
+            if key != builtin and spec["inputs"].get("model") == [ours, 0]:
+                spec["inputs"]["model"] = [builtin, 0]
+    return prompt
+
+
+def test_the_builtin_attention_backend_node_composes_with_ours_in_either_order(comfy):
+    """Hosts with ComfyUI's attention-backend node (0.33+): placed before UniCascade Attention it is the
+    function our kernels defer to (self-attention then takes the default path, cross-attention stays fused);
+    placed after, it replaces every override on the model, ours included. Either way the latents are the
+    default attention's, and the trace says which path ran."""
+    if "ModelAttentionBackend" not in comfy.object_info():
+        pytest.skip("this ComfyUI has no built-in attention-backend node (added after 0.3.75)")
+    plain = t2v(comfy, "builtin_plain", attention="default")
+    results = {}
+    for where in ("before", "after"):
+        prefix = f"{comfy.prefix}_builtin_{where}"
+        comfy.trace.clear()
+        comfy.run(with_builtin_backend(wan_t2v_graph(prefix, steps=3, attention="flex"), where))
+        results[where] = (load_latent(comfy, prefix), backend_records(comfy))
+    before, before_records = results["before"]
+    after, after_records = results["after"]
+    assert (before - plain).abs().max() <= TOL and (after - plain).abs().max() <= TOL
+    assert before_records and all(r["fused_cross"] == 2 and r["default_self"] == 2 for r in before_records), \
+        before_records[:1]
+    assert not after_records                                     # the built-in node's override replaced ours

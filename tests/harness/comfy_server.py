@@ -200,6 +200,21 @@ class ComfyServer:
                 return data
         raise AssertionError(f"no execution_error message in {status}")
 
+    def refusal(self, prompt: dict, timeout: float = 900) -> dict:
+        """A prompt with a bad input value, refused where the host refuses it: newer hosts check every combo input
+        (V3 ones too) when the prompt is queued, 0.3.75 leaves V3 combos to the node, which refuses at run time.
+        Returns {"stage": "validation" | "run", "text": the message(s), "flagged": {node: [inputs]} or the failing
+        node's type}."""
+        self._websocket()
+        status, body = self.post("/prompt", {"prompt": prompt, "client_id": self.client_id})
+        if status != 200:
+            return {"stage": "validation", "text": json.dumps(body), "flagged": flagged_inputs(body)}
+        entry = self.wait(body["prompt_id"], timeout)
+        for kind, data in entry.get("status", {}).get("messages", []):
+            if kind == "execution_error":
+                return {"stage": "run", "text": data["exception_message"], "flagged": data["node_type"]}
+        raise AssertionError(f"the prompt was neither refused nor failed: {entry.get('status')}")
+
     def output_path(self, *parts: str) -> str:
         return os.path.join(self.base, "output", *parts)
 

@@ -56,6 +56,9 @@ def load_for_training(path: str, cfg_model, device: torch.device):
 
     sd, meta, parent_name = read_parent(path, cfg_model)
     patcher = build_unimmvsr(sd, meta, os.path.basename(path), {"dtype": torch.float32})
+    # every weight trainable (LoRA freezes what it does not train): newer ComfyUI hosts load weights as
+    # Parameters with requires_grad=False, which would silently leave a full fine-tune's blocks untrained
+    patcher.model.diffusion_model.requires_grad_(True)
     patcher.model.to(device)
     return patcher, meta, parent_name
 
