@@ -12,7 +12,7 @@ from PIL import Image
 
 from core.depth.normalize import NORMALIZATIONS, normalize_depth, preview_image
 from core.depth.preprocess import PreprocessConfig, preprocess, processed_size
-from harness.comfy_server import flagged_inputs
+from harness.comfy_server import assert_combo_refused, flagged_inputs
 from harness.graph import Graph
 from harness.tiny_depth import PICKLE_ONLY, PREPROCESSOR, TINY, TRUNCATED, WRONG_TYPE, write_depth_fixtures
 
@@ -408,9 +408,8 @@ def test_bad_inputs_fail_clearly_and_the_server_goes_on(comfy, depth_models, inp
         key, value = next(iter(bad.items()))
         assert f"{key}: {value!r} is not one of" in str(body), body
         assert flagged_inputs(body) == {node: [key]}, body
-    error = comfy.run_expecting_error(bad_graph({"precision": "fp8"}))  # the loader checks it when it runs
-    assert error["node_type"] == LOADER and error["exception_type"] == "ValueError", error
-    assert "precision: 'fp8' is not one of auto, fp32, fp16, bf16" in error["exception_message"]
+    assert_combo_refused(comfy, bad_graph({"precision": "fp8"}), LOADER, "precision", "fp8",
+                         "precision: 'fp8' is not one of auto, fp32, fp16, bf16")
 
     g = Graph()  # and the server still serves
     video, _ = video_of(g, names, repeats=1)

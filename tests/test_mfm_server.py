@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import load_latent
-from harness.comfy_server import flagged_inputs
+from harness.comfy_server import assert_combo_refused, flagged_inputs
 from harness.graph import Graph
 from harness.tiny_models import UMT5, WAN21_VACE, WAN21_VAE
 
@@ -156,9 +156,7 @@ def test_refusals_and_run_time_checks_name_only_their_input(comfy):
         g = Graph()
         cond = builder(g, "text-to-video (t2v)", **{name: value})
         g.node("PreviewAny", source=cond[1])
-        error = comfy.run_expecting_error(g.prompt())
-        assert error["node_type"] == BUILDER and error["exception_type"] == "ValueError", error
-        assert f"{name}: {value!r} is not one of" in error["exception_message"], error["exception_message"]
+        assert_combo_refused(comfy, g.prompt(), BUILDER, name, value, f"{name}: {value!r} is not one of")
 
 
 def test_depth_at_the_known_frame_of_i2v_from_depth_anything(comfy, input_image):

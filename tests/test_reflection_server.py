@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.comfy_server import flagged_inputs
+from harness.comfy_server import assert_combo_refused, flagged_inputs
 from harness.graph import Graph
 from harness.tiny_reflection import EMPTY_VIDEO, SIGLIP, SIGLIP_WRONG_TYPE, SMOLLM_GGUF, TEXT_LLM, VIDEO, VLM
 from harness.workflows import WORKFLOW_DIR, cpu_widget_settings, for_tiny_models, load
@@ -135,8 +135,11 @@ def test_bad_inputs_fail_clearly_and_the_server_goes_on(comfy):
     # checked when the node runs (validate_inputs takes one input), a ValueError naming the input
     failing("static_sizes: the expand schedule must not decrease", static_sizes="8, 4")
     failing("dynamic_sizes: 'a, b' is not a comma-separated list", dynamic_sizes="a, b")
-    failing("question_type: 'both' is not one of", question_type="both")
-    failing("precision: 'fp8' is not one of auto, fp32, fp16, bf16", node=SIGLIP_LOADER, precision="fp8")
+    for name, value, node, message in (("question_type", "both", QA, "question_type: 'both' is not one of"),
+                                       ("precision", "fp8", SIGLIP_LOADER, "precision: 'fp8' is not one of auto")):
+        g = Graph()
+        qa(g, "What is shown?", **{name: value})
+        assert_combo_refused(comfy, g.prompt(), node, name, value, message)
     failing("the video has no frames", video=EMPTY_VIDEO)  # core's reader fails on it; its video stream is empty
     failing("connect either images (an IMAGE batch) or video (a VIDEO)", video=None)
     failing("does not take images; the Actor and the frame notes need a vision-language model", vlm=TEXT_LLM)

@@ -227,6 +227,17 @@ def flagged_inputs(body: dict) -> dict[str, list[str]]:
     return marked
 
 
+def assert_combo_refused(server: ComfyServer, prompt: dict, node_type: str, name: str, value: str,
+                         run_message: str) -> None:
+    """A bad combo value is refused naming only its input: when queued on hosts that check V3 combos (0.33+), or by
+    the node's own check when it runs (0.3.75, which leaves V3 combos to the node)."""
+    refused = server.refusal(prompt)
+    if refused["stage"] == "validation":
+        assert refused["flagged"] == {node_type: [name]} and f"{value!r} not in" in refused["text"], refused
+    else:
+        assert refused["flagged"] == node_type and run_message in refused["text"], refused
+
+
 def clear_directory(path: str) -> None:
     if os.path.isdir(path):
         shutil.rmtree(path)
