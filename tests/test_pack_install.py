@@ -56,12 +56,15 @@ import sys, time, asyncio, importlib.util
 sys.path.insert(0, {COMFY_DIR!r})
 import comfy.cli_args; comfy.cli_args.args.cpu = True
 import nodes, folder_paths  # the host is already loaded when ComfyUI imports a pack
+host_cv2, host_kornia = "cv2" in sys.modules, "kornia" in sys.modules
 t = time.perf_counter()
 spec = importlib.util.spec_from_file_location("pack", {os.path.join(REPO, '__init__.py')!r},
                                               submodule_search_locations=[{REPO!r}])
 m = importlib.util.module_from_spec(spec); sys.modules["pack"] = m; spec.loader.exec_module(m)
 ext = asyncio.run(m.comfy_entrypoint()); node_list = asyncio.run(ext.get_node_list())
-print(time.perf_counter() - t, len(node_list), "cv2" in sys.modules, "kornia" in sys.modules)
+# what the pack loaded itself (a newer host may import cv2 on its own)
+print(time.perf_counter() - t, len(node_list), "cv2" in sys.modules and not host_cv2,
+      "kornia" in sys.modules and not host_kornia)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=COMFY_DIR)
     assert out.returncode == 0, out.stderr[-3000:]
