@@ -89,7 +89,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-class Session:
+class SignedStream:
     """An authenticated stream: length ‖ payload ‖ HMAC(direction key, sequence ‖ payload)."""
 
     def __init__(self, sock: socket.socket, send_key: bytes, recv_key: bytes):
@@ -129,7 +129,7 @@ def _session_keys(key: bytes, server_challenge: bytes, peer_challenge: bytes, no
     return _mac(key, b"to peer", salt), _mac(key, b"to rank0", salt)
 
 
-def connect(host: str, port: int, key: bytes, timeout: float = HANDSHAKE_SECONDS) -> tuple[Session, bytes]:
+def connect(host: str, port: int, key: bytes, timeout: float = HANDSHAKE_SECONDS) -> tuple[SignedStream, bytes]:
     """A peer's side of the handshake: (session, pool nonce). AuthenticationError when rank 0 refuses the secret
     or fails to prove it holds it too."""
     sock = socket.create_connection((host, port), timeout=timeout)
@@ -150,7 +150,7 @@ def connect(host: str, port: int, key: bytes, timeout: float = HANDSHAKE_SECONDS
         to_peer, to_rank0 = _session_keys(key, server_challenge, mine, nonce)
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return Session(sock, send_key=to_rank0, recv_key=to_peer), nonce
+        return SignedStream(sock, send_key=to_rank0, recv_key=to_peer), nonce
     except BaseException:
         sock.close()
         raise
@@ -264,7 +264,7 @@ class Gate:
             self.listener.close()
             raise
         self.host, self.port = host, self.listener.getsockname()[1]
-        self.sessions: set[Session] = set()
+        self.sessions: set[SignedStream] = set()
         self.pending = 0
         self.refused: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -306,7 +306,7 @@ class Gate:
         except OSError:
             pass
 
-    def _handshake(self, sock: socket.socket) -> Session:
+    def _handshake(self, sock: socket.socket) -> SignedStream:
         sock.settimeout(HANDSHAKE_SECONDS)
         challenge = secrets.token_bytes(CHALLENGE)
         sock.sendall(MAGIC + challenge + self.nonce)
@@ -318,7 +318,7 @@ class Gate:
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         to_peer, to_rank0 = _session_keys(self.key, challenge, theirs, self.nonce)
-        return Session(sock, send_key=to_peer, recv_key=to_rank0)
+        return SignedStream(sock, send_key=to_peer, recv_key=to_rank0)
 
     def _serve(self, sock: socket.socket, address) -> None:
         try:
