@@ -19,7 +19,8 @@ How the kernels are reached, through patch points Wan honours (SPEC §5):
    reason): gradients on (FlexAttention has no CPU backward; training keeps the default path), a mask, a head dim
    or dtype the kernels lack, a Triton call on a CPU tensor without the interpreter, a self-attention ``forward``
    another pack patched, another pack's override in the chain (it expects rotated q/k, so self-attention is rotated
-   and handed to it), RoPE tables that are not a Wan rotation.
+   and handed to it), an ``attn1_patch`` (ComfyUI ≥ 0.3x's Wan passes it the rotated q/k), RoPE tables that are
+   not a Wan rotation.
 4. An APPLY_MODEL wrapper counts the fused and default calls of every model call (written to the trace file when
    UNICASCADE_TRACE_FILE is set).
 
@@ -249,6 +250,8 @@ def _self_attention_forward(module, inner, state: _State):
         positions = None
         if reason is None and inner is not None:
             reason = "another node patched this self-attention's forward (its own RoPE pass is kept)"
+        if reason is None and (options.get("patches") or {}).get("attn1_patch"):
+            reason = "an attn1_patch is set (newer ComfyUI's Wan hands it the rotated q/k, which the kernel never forms)"
         if reason is None:
             other = foreign_override(options.get("optimized_attention_override"))
             if other is not None:

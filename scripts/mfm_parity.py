@@ -6,7 +6,7 @@ What it does
    ``T5EncoderModel`` with T5 v1.1's real ``spiece.model``, ``FlowMatchEulerDiscreteScheduler`` with shift 12).
 2. Runs the OFFICIAL ``MfMPipeline`` (imported at run time from the checkout, constructed from its components)
    on the CPU in float32 for t2v, i2v (with a depth map) and vsr.
-3. Runs the PACK on the same folder in-process, as the shipped workflows do (workflows/mfm_t2v.json,
+3. Runs the PACK on the same folder in-process, as the shipped workflows do (example_workflows/mfm_t2v.json,
    mfm_i2v.json, mfm_video_super_resolution.json): MfM Pipeline Loader → MfM Condition → CLIPTextEncode ×2 → MfM
    Apply Condition → KSampler (euler, normal) → VAEDecode. Node inputs not set here keep their schema defaults.
 4. Prints per task the max |difference| of the decoded frames (0–1) and the final latents, and the first

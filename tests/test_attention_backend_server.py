@@ -2,11 +2,14 @@
 the same latents as the default one — Wan T2V, TMA on top, UniMMVSR with references (RoPE from t = 20 and 30) —
 and every self- and cross-attention call of every model call ran on the kernel (the trace counts them).
 FlexAttention compiles inside the server on its first calls (Inductor C++; tens of seconds on 2 cores)."""
+import os
+
 import pytest
 import torch
 
 from conftest import load_latent
 from harness.graph import Graph
+from harness.paths import COMFY_DIR
 from harness.tiny_models import SD3, UMT5
 from harness.wan_graphs import wan_t2v_graph
 from test_unimmvsr_server import cascade_graph, unimmvsr_records
@@ -134,3 +137,41 @@ def test_the_builtin_attention_backend_node_composes_with_ours_in_either_order(c
             r["fused_self"] == r["fused_cross"] == 0 and r["default_self"] == 2
             and any("set_model_optimized_attention" in reason for reason in r["reasons"]) for r in records), \
             records[:1]
+
+
+def with_rotated_query_patch(prompt: dict) -> dict:
+    """``prompt`` with the fixture's attn1_patch (it reads Wan's rotated q) right after the loader's shift node."""
+    shift = next(k for k, v in prompt.items() if v["class_type"] == "ModelSamplingSD3")
+    patch = str(max(int(k) for k in prompt if k.isdigit()) + 1000)
+    prompt[patch] = {"class_type": "UniCascadeTestRotatedQueryPatch", "inputs": {"model": [shift, 0]}}
+    for key, spec in prompt.items():
+        if key != patch and spec["inputs"].get("model") == [shift, 0]:
+            spec["inputs"]["model"] = [patch, 0]
+    return prompt
+
+
+def test_an_attn1_patch_that_reads_the_rotated_queries_gets_them(comfy):
+    """Newer ComfyUI's Wan hands each ``attn1_patch`` the rotated q/k of its self-attention, which the fused kernel
+    never forms: with such a patch on the model, self-attention takes Wan's own forward (counted, the reason naming
+    attn1_patch) and the latents are the default attention's with the patch. On a host whose Wan ignores
+    attn1_patch (0.3.75) the patch changes nothing either way."""
+    plain = t2v(comfy, "attn1_plain", attention="default")
+    latents = {}
+    for backend in ("default", "flex"):
+        prefix = f"{comfy.prefix}_attn1_{backend}"
+        comfy.trace.clear()
+        comfy.run(with_rotated_query_patch(wan_t2v_graph(prefix, steps=3, attention=backend)))
+        latents[backend] = load_latent(comfy, prefix)
+    records = backend_records(comfy)
+    # self-attention took Wan's forward, whose attention call (rotated q/k) still runs on the kernel: 2 + 2
+    assert records and all(r["default_self"] == 2 and r["fused_self"] == 0 and r["fused_cross"] == 4
+                           and any("attn1_patch" in reason for reason in r["reasons"]) for r in records), records[:1]
+    assert (latents["flex"] - latents["default"]).abs().max() <= TOL
+    host_runs_the_patch = (latents["default"] - plain).abs().max() > 1e-3
+    assert host_runs_the_patch == wan_runs_attn1_patch()
+
+
+def wan_runs_attn1_patch() -> bool:
+    """Whether the host's Wan self-attention calls ``attn1_patch`` (read from its source: 0.33 does, 0.3.75 not)."""
+    with open(os.path.join(COMFY_DIR, "comfy", "ldm", "wan", "model.py"), encoding="utf-8") as f:
+        return "attn1_patch" in f.read()

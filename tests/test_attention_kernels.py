@@ -63,12 +63,14 @@ def interpreted():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.host_independent
 @pytest.mark.parametrize("name", FP32_CASES)
 def test_triton_kernel_interpreted_equals_reference_fp32(interpreted, name):
     out_err, lse_err = interpreted["cases"][name]
     assert out_err <= FP32_TOL and lse_err <= FP32_TOL, (out_err, lse_err)
 
 
+@pytest.mark.host_independent
 @pytest.mark.parametrize("name", LOW_CASES)
 def test_triton_kernel_interpreted_low_precision(interpreted, name):
     out_err, lse_err = interpreted["cases"][name]
@@ -76,6 +78,7 @@ def test_triton_kernel_interpreted_low_precision(interpreted, name):
     assert out_err <= tol and lse_err <= 2 * tol, (out_err, lse_err)
 
 
+@pytest.mark.host_independent
 def test_the_table_and_the_rope_change_the_result(interpreted):
     """Assertions that can fail: dropping γ or the RoPE moves the kernel's output far from what it was."""
     assert interpreted["without_gamma"] > 1e-3 and interpreted["without_rope"] > 1e-3
@@ -91,6 +94,7 @@ def test_one_block_on_the_interpreted_triton_kernel_equals_default(interpreted):
     assert block["tma_effect"] > 1e-4  # α mattered
 
 
+@pytest.mark.host_independent
 @pytest.mark.parametrize("name", FP32_CASES + LOW_CASES)
 def test_flex_eager_equals_reference(pack, name):
     case = make_case(name, pack)
@@ -99,6 +103,7 @@ def test_flex_eager_equals_reference(pack, name):
     assert out_err <= tol and lse_err <= 2 * tol, (out_err, lse_err)
 
 
+@pytest.mark.host_independent
 @pytest.mark.parametrize("name", ["unimmvsr_self_fp32", "tma_cross_fp32", "taca_joint_fp32", "multi_block_self_fp32",
                                   "multi_block_cross_fp32"])
 def test_flex_compiled_equals_reference(pack, name):
@@ -108,6 +113,7 @@ def test_flex_compiled_equals_reference(pack, name):
     assert out_err <= FP32_TOL, out_err
 
 
+@pytest.mark.host_independent
 def test_unsupported_head_dim_and_dtype_are_named(pack):
     fused = pack("core.attention.fused")
     x = torch.zeros(1, 4, 1, 96)
@@ -220,6 +226,7 @@ def test_bad_inputs_keep_the_default_path_with_a_message(pack, wan_t2v, monkeypa
         backend(pack, wan_t2v, "cuda")
 
 
+@pytest.mark.host_independent
 def test_flex_serves_more_shapes_than_dynamos_default_recompile_limit(pack):
     """Each shape is a compiled variant; Dynamo's default (8 per function) would fail the ninth with fullgraph."""
     fused = pack("core.attention.fused")

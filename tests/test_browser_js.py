@@ -41,7 +41,11 @@ def hints(page, node_id):
 
 @pytest.fixture
 def page(comfy_page):
-    comfy_page.page.evaluate("() => window.app.graph.clear()")
+    """An empty graph whose next node ids are new: nodes are removed one by one rather than the graph cleared,
+    since graph.clear() restarts ids at 1 and newer frontends (1.4x) keep widget values per node id in a store
+    that outlives the cleared node — a new node would show the old node's values."""
+    comfy_page.page.evaluate("""() => { const g = window.app.graph;
+        for (const n of [...(g.nodes ?? g._nodes)]) g.remove(n); }""")
     return comfy_page
 
 

@@ -1,6 +1,6 @@
 """Every shared workflow (UI format) loads in the real frontend, converts to an API prompt there, and runs.
 
-For each file in workflows/: the page loads it, no node type is missing, the frontend converts it (graphToPrompt,
+For each file in example_workflows/: the page loads it, no node type is missing, the frontend converts it (graphToPrompt,
 the Queue button's path) after CPU-sized widget values are set through the page's widgets, the Run button queues
 it, it executes on the server with the tiny fixture models, a screenshot of the graph is kept under
 test-artifacts/screenshots, and the browser console shows no error from the pack.

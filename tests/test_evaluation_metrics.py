@@ -8,6 +8,8 @@ import torch
 
 from core import evaluation
 
+pytestmark = pytest.mark.host_independent   # never reaches ComfyUI's code: `make test-floor` leaves it out
+
 
 @pytest.fixture(scope="module")
 def frames():

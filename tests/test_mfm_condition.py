@@ -10,6 +10,8 @@ from core.mfm.adapter import LightAdapter
 from core.mfm.condition import DEPTH_MODES, MASK_SOURCES, build_condition
 from core.mfm.tasks import TASKS, task_from_label
 
+pytestmark = pytest.mark.host_independent   # never reaches ComfyUI's code: `make test-floor` leaves it out
+
 NEG = ("static, watermark, subtitles, scene change, flickering, distorted, discontinuous, bad anatomy, bad hands, "
        "missing fingers, cropped, ugly, blurry, low resolution, low quality, motionless, cartoon, animation, oil "
        "painting, #reverse, #motion: super-fast, #backplay, human distortion, unnatural movement")

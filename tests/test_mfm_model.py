@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from core.mfm.rope import apply_rope, rope_tables
 from core.mfm.transformer import MfMTransformer3D
 
+pytestmark = pytest.mark.host_independent   # never reaches ComfyUI's code: `make test-floor` leaves it out
+
 TINY = dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, num_layers=2,
             cross_attention_dim=24, patch_size=2, use_rope=True, add_motion_score=True, use_depth_cond=True,
             activation_fn="gelu-approximate", norm_type="ada_norm_zero", adaln_norm_type="legacy")

@@ -39,9 +39,9 @@ def mfm_calls(comfy) -> list[float]:
 @pytest.mark.server
 @pytest.mark.parametrize("shift", sorted(MFM_BY_SHIFT))
 def test_the_shipped_t2v_workflow_samples_on_the_official_sigma_grid(comfy, shift):
-    """workflows/mfm_t2v.json as shipped (its KSampler's scheduler untouched), on a tiny pipeline whose scheduler has
+    """example_workflows/mfm_t2v.json as shipped (its KSampler's scheduler untouched), on a tiny pipeline whose scheduler has
     shift 12 or 3, at 25, 30 and 50 steps: the σ of every model call is the official schedule's (within float32)."""
-    workflow = load(os.path.join(REPO, "workflows", "mfm_t2v.json"))
+    workflow = load(os.path.join(REPO, "example_workflows", "mfm_t2v.json"))
     prompt = ui_to_api(workflow, comfy.object_info())
     by_type = {v["class_type"]: v for v in prompt.values()}
     assert by_type["KSampler"]["inputs"]["scheduler"] == "normal"

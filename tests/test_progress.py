@@ -3,6 +3,8 @@ import pytest
 
 from core.attention.progress import progress_from_schedule, progress_from_sigma
 
+pytestmark = pytest.mark.host_independent   # never reaches ComfyUI's code: `make test-floor` leaves it out
+
 
 def flow_percent_to_sigma(shift):
     def f(percent):

@@ -19,6 +19,8 @@ from core.reflection.parsing import (NOT_ENOUGH, extract_json, keyword_question_
 from core.reflection.retrieval import expand, mmr_shrink, pairwise, relevance, select, uniform_indices
 from harness.paths import REPO
 
+pytestmark = pytest.mark.host_independent   # never reaches ComfyUI's code: `make test-floor` leaves it out
+
 D = 16
 
 

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from harness.comfy_server import assert_combo_refused, flagged_inputs
@@ -46,12 +47,13 @@ def trace_of(entry):
     return json.loads(text[-1])
 
 
-def decoded_video(comfy):
-    """The fixture video in the server's input folder, decoded here with PyAV."""
-    import av
+def decoded_frames(comfy, indices):
+    """The fixture video's frames at ``indices`` as the host's own VIDEO reader decodes them (what LoadVideo hands
+    the node), as uint8 RGB. Hosts differ: 0.3.75 converts to rgb24, 0.33 to float RGB (a different rounding)."""
+    from comfy_api.latest import InputImpl
 
-    with av.open(os.path.join(comfy.base, "input", VIDEO)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])])
+    images = InputImpl.VideoFromFile(os.path.join(comfy.base, "input", VIDEO)).get_components().images
+    return {i: (images[i].clamp(0, 1) * 255).round().to(torch.uint8).numpy().astype(int) for i in indices}
 
 
 def test_nodes_listed(comfy):
@@ -65,7 +67,7 @@ def test_nodes_listed(comfy):
     assert info[HTTP]["input"]["required"]["api_key_env"][1]["default"] == ""
 
 
-def test_video_qa_and_caches_across_prompts(comfy):
+def test_video_qa_and_caches_across_prompts(comfy, comfy_in_process):
     g = Graph()
     qa(g, "How many bikes pass by?", pool_size=48, dynamic_sizes="48, 24, 12")  # a pool no other test embeds
     entry = comfy.run(g.prompt())
@@ -80,11 +82,13 @@ def test_video_qa_and_caches_across_prompts(comfy):
     assert keys == sorted(keys)
     images = entry["outputs"]["keys"]["images"]
     assert len(images) == len(keys)
-    video = decoded_video(comfy)
+    far = (keys[0] + 125) % 250                                   # a frame of another part of the video
+    video = decoded_frames(comfy, [*keys, far])
     for image, index in zip(images, keys):
         saved = np.asarray(Image.open(comfy.output_path(image["subfolder"], image["filename"]))).astype(int)
         assert saved.shape == (272, 640, 3)
         assert np.abs(saved - video[index]).max() <= 1, index
+    assert np.abs(video[far] - video[keys[0]]).max() > 10   # another frame differs: the comparison can fail
     assert entry["outputs"]["qa"]["text"][0] == f"Answer: {trace['final']['answer']}"
 
     # another question about the same video, another queued prompt: nothing embedded or captioned again
@@ -124,7 +128,7 @@ def test_each_refusal_marks_only_its_input(comfy):
         assert f"model_name: {next(iter(kw.values()))!r} is not one of" in json.dumps(body)
 
 
-def test_bad_inputs_fail_clearly_and_the_server_goes_on(comfy):
+def test_bad_inputs_fail_clearly_and_the_server_goes_on(comfy, comfy_in_process):
     def failing(message, node=QA, **kw):
         g = Graph()
         qa(g, "What is shown?", **kw)
@@ -146,7 +150,8 @@ def test_bad_inputs_fail_clearly_and_the_server_goes_on(comfy):
     failing("describes a 'clip' model, not SigLIP2", node=SIGLIP_LOADER, siglip=SIGLIP_WRONG_TYPE)
 
     # a one-frame "video" (an image) works: every round sees that frame
-    Image.fromarray(decoded_video(comfy)[40]).save(os.path.join(comfy.base, "input", "reflection_one_frame.png"))
+    frame = decoded_frames(comfy, [40])[40].astype(np.uint8)
+    Image.fromarray(frame).save(os.path.join(comfy.base, "input", "reflection_one_frame.png"))
     g = Graph()
     frame = g.node("LoadImage", image="reflection_one_frame.png")
     qa(g, "What is shown?", frames=frame[0], question_type="static (expand)")

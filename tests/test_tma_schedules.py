@@ -5,6 +5,8 @@ import pytest
 
 from core.attention.schedules import SCHEDULES, alpha_img, alpha_txt, taca_gamma
 
+pytestmark = pytest.mark.host_independent   # never reaches ComfyUI's code: `make test-floor` leaves it out
+
 U = [0.0, 0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.41, 0.5, 0.6, 0.61, 0.7, 0.8, 0.9, 0.95, 1.0]
 
 

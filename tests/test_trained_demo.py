@@ -86,6 +86,7 @@ def test_committed_checkpoint_runs_its_shipped_workflow_on_the_server(comfy):
     assert (outputs["refs"] - outputs["no_refs"]).abs().max() > 1 / 255   # the references reach the model
 
 
+@pytest.mark.host_repeat
 def test_the_demo_training_command_cut_short_writes_the_same_layout_and_retraces_the_committed_losses(tmp_path):
     steps = 12
     out = subprocess.run([PYTHON, os.path.join(REPO, "scripts", "demo_train.py"), "--stop-after", str(steps),

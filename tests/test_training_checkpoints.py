@@ -114,6 +114,7 @@ def run_cli(config, name, *args, ranks):
                "--set", 'training.sharding="fsdp"', *FSDP_SETS, *args, ranks=ranks)
 
 
+@pytest.mark.host_repeat
 def test_two_fsdp_ranks_write_their_own_shards_and_resume_bitwise(workspace):
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -161,6 +162,7 @@ def test_two_fsdp_ranks_write_their_own_shards_and_resume_bitwise(workspace):
         ["step_00000002", "step_00000003", "step_00000004", "step_00000006"]
 
 
+@pytest.mark.host_repeat
 def test_an_fsdp_checkpoint_resumes_on_one_rank(workspace):
     """Two FSDP ranks' shards resumed by a one-rank run (reading both files): its end equals the two-rank run's to
     the float-summation tolerance of tests/test_training_run.py (one rank accumulates the two samples)."""
@@ -189,6 +191,7 @@ def torchrun(ranks, *args):
     return out
 
 
+@pytest.mark.host_repeat
 def test_a_checkpoint_resumes_bitwise_under_another_world_size(tmp_path):
     from safetensors.torch import load_file
     ref = str(tmp_path / "one")

@@ -1,6 +1,7 @@
 """The trainer's data side (UniMMVSR §3.3–3.4, A.4): the paper's curriculum config, task and stage frequencies over
 thousands of draws, samples per task (references padded as the References node pads them, LR upsampled as the
 Upsampler does), SDEdit with k = 0 returning its input, and the determinism that exact resume relies on."""
+import functools
 import json
 import math
 import re
@@ -19,6 +20,7 @@ def config_module(pack):
     return pack("training.unimmvsr.config")
 
 
+@pytest.mark.host_independent
 def test_the_papers_curriculum_parses(config_module):
     cfg = config_module.load(os.path.join(REPO, "configs", "unimmvsr", "paper.toml"))
     assert [s.frames for s in cfg.stages] == [21, 21, 21, 77]
@@ -30,6 +32,7 @@ def test_the_papers_curriculum_parses(config_module):
     assert cfg.degradation.sdedit_k == (5, 15) and cfg.model.shift == 1.0
 
 
+@pytest.mark.host_independent
 def test_set_overrides_reach_one_stage_and_bad_indexes_are_named(config_module):
     path = os.path.join(REPO, "configs", "unimmvsr", "demo.toml")
     base = config_module.load(path)
@@ -54,6 +57,7 @@ def test_set_overrides_reach_one_stage_and_bad_indexes_are_named(config_module):
     ({"data": {"manifest": "m", "text_tokens": -4}}, "text_tokens must be ≥ 0"),
     ({"data": {"manifest": "m", "crop_aspect": [1.5, 0.7]}}, "crop_aspect: [] or [lo, hi] with 0 < lo ≤ hi"),
 ])
+@pytest.mark.host_independent
 def test_bad_configs_name_the_key(config_module, change, message):
     data = {"model": {"parent": "p", "vae": "v"}, "data": {"manifest": "m"},
             "stages": [{"name": "a", "steps": 1, "frames": 5, "width": 64, "height": 64}]}
@@ -62,6 +66,7 @@ def test_bad_configs_name_the_key(config_module, change, message):
         config_module.parse(data)
 
 
+@pytest.mark.host_independent
 def test_learning_rate_schedule_warms_up_then_follows_half_a_cosine(pack):
     rate = pack("training.unimmvsr.schedule").learning_rate_at
     peak, total, warm, floor = 2e-3, 120, 20, 0.05
@@ -76,6 +81,7 @@ def test_learning_rate_schedule_warms_up_then_follows_half_a_cosine(pack):
     assert [rate(s, total, peak) for s in (0, 60, 119)] == [peak] * 3
 
 
+@pytest.mark.host_independent
 def test_task_and_stage_frequencies_follow_the_config(pack, config_module):
     curriculum = pack("training.unimmvsr.curriculum")
     cfg = config_module.load(os.path.join(REPO, "configs", "unimmvsr", "paper.toml"))
@@ -104,6 +110,7 @@ def builder(pack, tmp_path_factory):
     return cfg, pack("training.unimmvsr.samples").SampleBuilder(cfg, items)
 
 
+@pytest.mark.host_independent
 def test_draws_are_a_pure_function_of_the_step_and_slot(builder):
     cfg, b = builder
     stage = cfg.stages[1]
@@ -124,6 +131,7 @@ def test_draws_are_a_pure_function_of_the_step_and_slot(builder):
     assert 0 <= min(sigmas) and max(sigmas) <= 1 and abs(np.mean(sigmas) - 0.5) < 0.03
 
 
+@pytest.mark.host_independent
 def test_one_task_per_step_shares_a_step_s_task_among_its_slots_and_keeps_the_mix(pack, builder):
     """[training] one_task_per_step: all slots (and redraws) of a step get one task, drawn per step from the stage's
     mix — the per-step frequencies follow the mix; the default draws each slot's own task, so a step mixes them."""
@@ -144,6 +152,7 @@ def test_one_task_per_step_shares_a_step_s_task_among_its_slots_and_keeps_the_mi
     assert shared.draw(1, stage, 5, 2) == shared.draw(1, stage, 5, 2)   # still a pure function of (step, slot)
 
 
+@pytest.mark.host_independent
 def test_samples_per_task(builder):
     from core.unimmvsr.references import PAD_VALUE
     from core.unimmvsr.upsampling import upscale_frames
@@ -198,6 +207,7 @@ def test_sdedit_with_k_zero_returns_its_input_and_k_steps_change_it(pack, builde
                                                  ((144, 176), (), ()), ((40, 56), (), ()),
                                                  ((720, 1280), (0.125, 0.6), (0.7, 1.4)), ((144, 176), (), (0.5, 2.0)),
                                                  ((96, 120), (0.9, 1.0), (0.6, 1.6))])
+@pytest.mark.host_independent
 def test_a_crop_equals_scaling_the_whole_frames_then_cutting_the_box(pack, size, rescale, aspect):
     """apply_crop touches only the pixels under the box; the result is what resizing the whole frames (area down,
     bicubic up) and cutting gives, computed here with torch's own interpolate. With ``aspect`` the two axes are
@@ -250,6 +260,7 @@ def _plan_by_hand(frames: np.ndarray, applied: list, temporal: bool = True) -> n
     return np.ascontiguousarray(frames)
 
 
+@pytest.mark.host_independent
 def test_augmentations_transform_the_target_and_its_references_alike(pack, builder):
     """[data] augmentations: each flip/transpose/reversal on about half the samples, channel orders all six; the
     target window, its ID frames and its reference video are cut from the clip at the recorded box and transformed
@@ -307,6 +318,7 @@ def test_augmentations_transform_the_target_and_its_references_alike(pack, build
     ("hflip", "augmentations: expected a list of names"),
     (["transpose"], "transpose needs square crops"),
 ])
+@pytest.mark.host_independent
 def test_bad_augmentations_are_named(config_module, augmentations, message):
     data = {"model": {"parent": "p", "vae": "v"}, "data": {"manifest": "m", "augmentations": augmentations},
             "stages": [{"name": "a", "steps": 1, "frames": 5, "width": 128, "height": 64}]}
@@ -314,7 +326,9 @@ def test_bad_augmentations_are_named(config_module, augmentations, message):
         config_module.parse(data)
 
 
+@functools.lru_cache(maxsize=4)
 def full_decode(path: str) -> torch.Tensor:
+    """Every frame of a clip, decoded whole (independently of the trainer's seeking reader); once per clip."""
     from core.video import decode_video_stream
 
     return (decode_video_stream(path).frames * 255).round().to(torch.uint8)

@@ -25,6 +25,8 @@ from training.unimmvsr.reference_augmentation import (BRIGHTNESS_RANGE, CROP_SCA
                                                       sample_reference_augmentation_params,
                                                       shift_reference_video_start)
 
+pytestmark = pytest.mark.host_independent   # never reaches ComfyUI's code: `make test-floor` leaves it out
+
 DRAWS = 2400
 NOTHING = DegradationConfig(blur_probability=0, noise_probability=0, jpeg_probability=0, video_probability=0)
 

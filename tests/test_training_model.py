@@ -80,23 +80,60 @@ def test_trainer_forward_equals_the_sampling_forward_bitwise(pack, parent, with_
     assert (other - ours).abs().max() > 1e-5
 
 
+def gradients(model_mod, wan, seed: int, checkpointing: bool) -> dict:
+    """Every parameter's gradient of a squared-output loss through the TrainModule on a fixed random input."""
+    g = torch.Generator().manual_seed(seed)
+    x, context = torch.randn(1, 32, 2, 6, 8, generator=g), torch.randn(1, 12, 4096, generator=g)
+    module = model_mod.TrainModule(wan, gradient_checkpointing=checkpointing).train()
+    wan.zero_grad(set_to_none=True)
+    module(x, torch.tensor([500.0]), context, torch.tensor([300.0])).square().mean().backward()
+    return {n: p.grad.clone() for n, p in wan.named_parameters() if p.grad is not None}
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(pack, parent):
     model_mod = pack("training.unimmvsr.model")
     patcher, _, _ = model_mod.load_for_training(parent, model_config(pack, parent), torch.device("cpu"))
     wan = patcher.model.diffusion_model
     give_trained_values(wan)
-    g = torch.Generator().manual_seed(4)
-    x, context = torch.randn(1, 32, 2, 6, 8, generator=g), torch.randn(1, 12, 4096, generator=g)
-    grads = []
-    for checkpointing in (False, True):  # (enabling is for good: without first, then with)
-        module = model_mod.TrainModule(wan, gradient_checkpointing=checkpointing).train()
-        wan.zero_grad(set_to_none=True)
-        module(x, torch.tensor([500.0]), context, torch.tensor([300.0])).square().mean().backward()
-        grads.append({n: p.grad.clone() for n, p in wan.named_parameters() if p.grad is not None})
+    # (enabling is for good: without first, then with)
+    grads = [gradients(model_mod, wan, seed=4, checkpointing=checkpointing) for checkpointing in (False, True)]
     assert all("forward" in b.__dict__ for b in wan.blocks)  # the blocks do recompute
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5), name
+
+
+def eager_rope1(x, freqs):
+    """Wan's RoPE written out (RoFormer's rotation of adjacent channel pairs), in float64: each pair (a, b) becomes
+    (a·cos − b·sin, a·sin + b·cos), cos and sin read from the host's (cos, −sin; sin, cos) blocks."""
+    cos, sin = freqs[..., 0, 0].double(), freqs[..., 1, 0].double()
+    pairs = x.double().reshape(*x.shape[:-1], -1, 2)
+    a, b = pairs[..., 0], pairs[..., 1]
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).reshape(x.shape).to(x.dtype)
+
+
+def test_gradients_through_the_hosts_wan_rope_equal_the_eager_formula(pack, parent, monkeypatch):
+    """The trainer backpropagates through the host's own Wan on every supported ComfyUI (newer ones route RoPE
+    through a comfy-kitchen op without a backward unless the trainer asks for the differentiable path): its
+    gradients equal those of the same model with RoPE replaced by the formula written out above, with and without
+    gradient checkpointing — and differ when RoPE is left out, so the comparison can fail."""
+    import comfy.ldm.wan.model as wan_model
+    model_mod = pack("training.unimmvsr.model")
+    patcher, _, _ = model_mod.load_for_training(parent, model_config(pack, parent), torch.device("cpu"))
+    wan = patcher.model.diffusion_model
+    give_trained_values(wan)
+    host = gradients(model_mod, wan, seed=5, checkpointing=False)
+    host_checkpointed = gradients(model_mod, wan, seed=5, checkpointing=True)
+    monkeypatch.setattr(wan_model, "apply_rope1", eager_rope1)
+    eager = gradients(model_mod, wan, seed=5, checkpointing=True)
+    monkeypatch.setattr(wan_model, "apply_rope1", lambda x, freqs: x)
+    unrotated = gradients(model_mod, wan, seed=5, checkpointing=True)
+    assert host.keys() == eager.keys() == host_checkpointed.keys() and len(host) > 10
+    for name in host:
+        assert torch.allclose(host[name], eager[name], atol=1e-6, rtol=1e-4), name
+        assert torch.allclose(host_checkpointed[name], eager[name], atol=1e-6, rtol=1e-4), name
+    q_weight = "blocks.0.self_attn.q.weight"
+    assert (unrotated[q_weight] - eager[q_weight]).abs().max() > 1e-4 * eager[q_weight].abs().max()
 
 
 def test_compiled_blocks_train_like_eager_ones_and_keep_the_checkpoint_layout(pack, parent, tmp_path, monkeypatch):

@@ -94,7 +94,7 @@ def test_cli_run_losses_fall_and_the_checkpoint_runs_the_shipped_cascade(workspa
 
     from harness.workflows import CPU_WIDGETS, TINY_TEXT_ENCODER_LOADER
     shutil.copy(final, os.path.join(comfy.base, "models", "unimmvsr", "trained_by_test.safetensors"))
-    prompt = ui_to_api(load(os.path.join(REPO, "workflows", "unimmvsr_cascade_wan21.json")), comfy.object_info())
+    prompt = ui_to_api(load(os.path.join(REPO, "example_workflows", "unimmvsr_cascade_wan21.json")), comfy.object_info())
     for node in prompt.values():
         node["inputs"].update(CPU_WIDGETS.get(node["class_type"], {}))
         if node["class_type"] == "CLIPLoader":
@@ -132,6 +132,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(workspace):
     assert max(float((whole[k] - start[k]).abs().max()) for k in whole) > 1e-3
 
 
+@pytest.mark.host_repeat
 def test_a_compiled_run_trains_like_an_eager_one(workspace):
     """[training] compile through the CLI: the same first steps as an eager run (loss before any update to 1e-5,
     the next ones to 1e-3), and a checkpoint of the same keys."""
@@ -166,6 +167,7 @@ def steps_where_ranks_run_different_numbers_of_forwards(pack, config, sets: dict
     return found
 
 
+@pytest.mark.host_repeat
 def test_two_gloo_ranks_equal_one_rank_with_the_doubled_batch_and_fsdp_equals_ddp(workspace, pack):
     """DDP ranks stacking their micro-batches by shape may run different numbers of forwards per step (only the
     last backward syncs); FSDP keeps one forward per sample. Both equal one rank with the whole batch."""

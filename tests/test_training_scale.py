@@ -132,6 +132,7 @@ def test_the_text_cache_keeps_real_tokens_restores_the_padding_exactly_and_stays
     assert torch.equal(again(prompt)[:, :512], out) and not again(prompt)[:, 512:].any()
 
 
+@pytest.mark.host_repeat
 def test_host_memory_stays_flat_over_two_thousand_distinct_prompts():
     """Every prompt different (a dataset of captions): the memory cache holds at most its budget of real tokens,
     so RSS after 2,000 prompts is where it was after 300 — where the old memo of padded fp32 embeddings grew by

@@ -6,6 +6,8 @@ import torch
 from core.unimmvsr import augmentation, guidance, tiling
 from core.unimmvsr.reference_layout import ID_IMAGE, REFERENCE_VIDEO, layout
 
+pytestmark = pytest.mark.host_independent   # never reaches ComfyUI's code: `make test-floor` leaves it out
+
 
 def test_paper_rope_ranges():
     # 77-frame target = 20 latent frames; 3 ID images; one 77-frame reference video (20 latent frames)

@@ -138,7 +138,8 @@ def test_the_pool_stays_resident_across_prompts_and_release_ends_it(comfy):
     assert len(third) == 1 and third != first                       # a new worker after the release
 
 
-@pytest.mark.parametrize("how", ["killed", "hung", "before the all-reduce", "in the all-reduce"])
+@pytest.mark.parametrize("how", ["killed", *(pytest.param(how, marks=pytest.mark.host_repeat)
+                                             for how in ("hung", "before the all-reduce", "in the all-reduce"))])
 def test_a_worker_that_dies_or_hangs_fails_the_prompt_by_rank_and_the_next_prompt_works(comfy, how):
     """A dead or stopped worker is named wherever the stop lands: in its windows (no progress on the step) or at a
     collective, where gloo's timeout names no peer (the workers mark their arrival in each collective)."""
@@ -206,9 +207,8 @@ def test_stop_interrupts_both_ranks_and_queued_prompts_run(comfy):
 def test_a_remote_worker_started_by_torchrun_joins_and_contributes(comfy):
     port = free_port()
     env = {**os.environ, "UNICASCADE_TRACE_FILE": comfy.trace.path, "UNICASCADE_RENDEZVOUS_SECRET": RENDEZVOUS_SECRET}
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    worker = subprocess.Popen(
-        [torchrun, "--nproc-per-node", "1", "--master-port", str(free_port()),
+    worker = subprocess.Popen(   # torchrun, as `python -m` (a layered venv has no console script of its own)
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-port", str(free_port()),
          os.path.join(REPO, "worker.py"), "--master-addr", "127.0.0.1", "--master-port", str(port),
          "--comfyui", COMFY_DIR, "--base-directory", comfy.base, "--device", "cpu"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)

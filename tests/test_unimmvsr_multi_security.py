@@ -279,7 +279,7 @@ def test_release_during_a_prompt_waits_for_it_and_never_blocks(comfy):
 
 def start_worker(comfy, port: int, secret: str, log_path: str, torchrun: bool = True) -> subprocess.Popen:
     env = {**os.environ, "UNICASCADE_TRACE_FILE": comfy.trace.path, rendezvous.SECRET_ENV: secret}
-    launcher = ([os.path.join(os.path.dirname(PYTHON), "torchrun"), "--nproc-per-node", "1",
+    launcher = ([PYTHON, "-m", "torch.distributed.run", "--nproc-per-node", "1",   # torchrun
                  "--master-port", str(free_port())] if torchrun else [PYTHON])
     return subprocess.Popen(launcher + [os.path.join(REPO, "worker.py"), "--master-addr", "127.0.0.1",
                                         "--master-port", str(port), "--comfyui", COMFY_DIR,

@@ -8,7 +8,7 @@ import os
 
 from .paths import REPO
 
-WORKFLOW_DIR = os.path.join(REPO, "workflows")
+WORKFLOW_DIR = os.path.join(REPO, "example_workflows")
 TINY_TEXT_ENCODER_LOADER = "UniCascadeTestTinyTextEncoderLoader"
 
 # Widget values a CPU can afford; set through the page's widgets, as a user would.

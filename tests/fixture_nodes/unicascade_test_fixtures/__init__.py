@@ -54,8 +54,8 @@ class UniCascadeTestDynamicInputs:
 NODE_CLASS_MAPPINGS["UniCascadeTestDynamicInputs"] = UniCascadeTestDynamicInputs
 
 
-class UniCascadeTestReplaceAttentionOverride:
-    """Stands for another pack's attention patch that replaces the override without chaining to it."""
+class ModelPatchFixture:
+    """MODEL → MODEL test nodes: a clone of the model with ``patch_clone``'s change."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -67,11 +67,31 @@ class UniCascadeTestReplaceAttentionOverride:
 
     def patch(self, model):
         m = model.clone()
-
-        def replace(func, *args, **kwargs):
-            return func(*args, **kwargs)
-        m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = replace
+        self.patch_clone(m)
         return (m,)
 
 
+class UniCascadeTestReplaceAttentionOverride(ModelPatchFixture):
+    """Stands for another pack's attention patch that replaces the override without chaining to it."""
+
+    def patch_clone(self, m):
+        def replace(func, *args, **kwargs):
+            return func(*args, **kwargs)
+        m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = replace
+
+
 NODE_CLASS_MAPPINGS["UniCascadeTestReplaceAttentionOverride"] = UniCascadeTestReplaceAttentionOverride
+
+
+class UniCascadeTestRotatedQueryPatch(ModelPatchFixture):
+    """Stands for a node that sets an ``attn1_patch`` reading the rotated queries (as newer ComfyUI's MultiTalk
+    patch does on Wan): it adds a small multiple of the rotated q to the attention output."""
+
+    def patch_clone(self, m):
+        def add_rotated_query(args):
+            x, q = args["x"], args["q"]
+            return x + 0.05 * q.reshape(x.shape)
+        m.set_model_attn1_patch(add_rotated_query)
+
+
+NODE_CLASS_MAPPINGS["UniCascadeTestRotatedQueryPatch"] = UniCascadeTestRotatedQueryPatch
