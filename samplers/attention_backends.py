@@ -18,7 +18,8 @@ How the kernels are reached, through patch points Wan honours (SPEC §5):
 3. Whatever the kernels cannot serve takes ComfyUI's default path, with a log line naming the reason (once per
    reason): gradients on (FlexAttention has no CPU backward; training keeps the default path), a mask, a head dim
    or dtype the kernels lack, a Triton call on a CPU tensor without the interpreter, a self-attention ``forward``
-   another pack patched, another pack's override in the chain (it expects rotated q/k, so self-attention is rotated
+   another pack patched, a kernel that fails to compile or launch for a shape (logged once per shape, never tried
+   again for it), another pack's override in the chain (it expects rotated q/k, so self-attention is rotated
    and handed to it), an ``attn1_patch`` (ComfyUI ≥ 0.3x's Wan passes it the rotated q/k), RoPE tables that are
    not a Wan rotation.
 4. An APPLY_MODEL wrapper counts the fused and default calls of every model call (written to the trace file when
@@ -129,6 +130,7 @@ class _State:
         self._positions = None
         self._tables: dict[tuple, GroupTable] = {}
         self._logged: set[str] = set()
+        self._failed: dict[tuple, str] = {}     # kernel calls that failed to compile or launch → the error
 
     def positions(self, freqs: torch.Tensor):
         with self._lock:
@@ -158,6 +160,24 @@ class _State:
             self._logged.add(reason)
         if first:
             log.warning("UniCascade Attention: %s attention takes the default path: %s", kind, reason)
+
+    def run_kernel(self, backend: str, kind: str, options: dict, key: tuple, call):
+        """``call()``'s result, or None when the kernel failed to compile or launch for this shape — now or on an
+        earlier call (then it is not tried again): logged once per shape, and the caller takes the default path.
+        Out-of-memory errors go up to ComfyUI, which has its own ways to retry."""
+        with self._lock:
+            failed = key in self._failed
+        if not failed:
+            try:
+                return call()
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as e:   # Triton compile/launch errors, inductor build failures, driver errors …
+                with self._lock:
+                    self._failed[key] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        self.fallback(f"the {backend} kernel failed for {kind}-attention shape {key[2:]} ({self._failed[key]}); "
+                      f"that shape takes the default path", options, kind)
+        return None
 
     @staticmethod
     def fused(options: dict, kind: str) -> None:
@@ -198,7 +218,15 @@ def _kernel_function(func, backend: str, state: _State):
             qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
         else:              # [B, L, H·d]
             qh, kh, vh = (t.view(t.shape[0], t.shape[1], heads, head_dim) for t in (q, k, v))
-        out, _ = rope_attention(backend, qh, kh, vh, groups=state.table(scale, q.device))
+        key = (backend, "cross", tuple(qh.shape), tuple(kh.shape), str(q.dtype), str(q.device))
+        result = state.run_kernel(backend, "cross", options, key,
+                                  lambda: rope_attention(backend, qh, kh, vh, groups=state.table(scale, q.device)))
+        if result is None:
+            if scale != 1.0:
+                k = k * scale
+            return func(q, k, v, heads, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
+                        skip_output_reshape=skip_output_reshape, **kwargs)
+        out = result[0]
         state.fused(options, "cross")
         if skip_output_reshape:
             return out.transpose(1, 2)
@@ -264,11 +292,16 @@ def _self_attention_forward(module, inner, state: _State):
         if reason is not None:
             state.fallback(reason, options, "self")
             return default(x, freqs, transformer_options=transformer_options)
+        key = (backend, "self", (b, s, n, d), (b, s, n, d), str(x.dtype), str(x.device))
         q = module.norm_q(module.q(x)).view(b, s, n, d)
         k = module.norm_k(module.k(x)).view(b, s, n, d)
         v = module.v(x).view(b, s, n, d)
         positions = positions.to(x.device)
-        out, _ = rope_attention(backend, q, k, v, q_positions=positions, k_positions=positions, rope=state.spec)
+        result = state.run_kernel(backend, "self", options, key, lambda: rope_attention(
+            backend, q, k, v, q_positions=positions, k_positions=positions, rope=state.spec))
+        if result is None:
+            return default(x, freqs, transformer_options=transformer_options)
+        out = result[0]
         state.fused(options, "self")
         return module.o(out.reshape(b, s, n * d))
 

@@ -64,10 +64,13 @@ _cache_lock = threading.Lock()
 _zero_groups: dict[tuple, torch.Tensor] = {}
 
 
-def _groups(groups: torch.Tensor | None, length: int, device) -> torch.Tensor:
+def _groups(groups: torch.Tensor | None, length: int, device, n_groups: int, side: str) -> torch.Tensor:
     if groups is not None:
         if groups.shape != (length,):
-            raise ValueError(f"group ids have shape {tuple(groups.shape)} for {length} tokens")
+            raise ValueError(f"{side} group ids have shape {tuple(groups.shape)} for {length} tokens")
+        if length and (int(groups.min()) < 0 or int(groups.max()) >= n_groups):   # the Triton kernel reads unchecked
+            raise ValueError(f"{side} group ids run from {int(groups.min())} to {int(groups.max())}; the logit-scale "
+                             f"table has {n_groups} {side} groups")
         return groups.to(device=device, dtype=torch.int32)
     key = (length, str(device))
     with _cache_lock:
@@ -128,8 +131,10 @@ def rope_attention(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         if q_positions.shape != (q.shape[1], 3) or k_positions.shape != (k.shape[1], 3):
             raise ValueError("positions must be [L, 3] (t, h, w) per token")
     groups = groups or GroupTable.uniform()
-    qg = _groups(groups.q_groups, q.shape[1], q.device)
-    kg = _groups(groups.k_groups, k.shape[1], q.device)
+    if groups.table.ndim != 2:
+        raise ValueError(f"the logit-scale table must be [query groups, key groups], got {tuple(groups.table.shape)}")
+    qg = _groups(groups.q_groups, q.shape[1], q.device, groups.table.shape[0], "query")
+    kg = _groups(groups.k_groups, k.shape[1], q.device, groups.table.shape[1], "key")
     table = groups.table.to(device=q.device, dtype=torch.float32).contiguous()
     scale = float(sm_scale) if sm_scale is not None else q.shape[-1] ** -0.5
     if backend == "triton":

@@ -62,6 +62,14 @@ def pair_frequencies(spec: RopeSpec, device=None) -> tuple[torch.Tensor, torch.T
     return torch.cat(freqs).to(device), torch.cat(axes).to(device)
 
 
+def split_frequencies(inv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 frequencies → (hi, lo) float32 with hi + lo within 2^-35 of inv and hi keeping 12 significant bits, so
+    that position·hi is exact in float32 for grid positions below 4096 (the Triton kernel's angle reduction)."""
+    hi = inv.float()
+    hi = (hi.view(torch.int32) & ~0xFFF).view(torch.float32)   # the low 12 of 23 mantissa bits cleared
+    return hi, (inv - hi.double()).float()
+
+
 def rope_angles(positions: torch.Tensor, spec: RopeSpec) -> torch.Tensor:
     """[L, d/2] float64 angles of L tokens at ``positions`` [L, 3] (float32 positions × float64 frequencies, as
     ComfyUI's ``rope``)."""

@@ -3,28 +3,40 @@ logit-scale table applied to the logits in the same pass (see core.attention.fus
 
 One program handles BLOCK_M queries of one (batch, head): it loads them as two half-width tiles (the first and
 second channel of every rotated pair), turns them by angles computed from the tokens' (t, h, w) positions and the
-per-pair frequency/axis tables, then streams BLOCK_N keys at a time, turning each key tile the same way, so rotated
-q and k exist only in registers: q·kᵀ = q_even·k_evenᵀ + q_odd·k_oddᵀ. Logits are multiplied by softmax scale and
-``table[g_q, g_k]`` and go through the online softmax (base 2); keys past the end are masked to −inf, so any length
+per-pair frequency/axis tables (reduced modulo 2π in float32 parts, so far positions stay accurate), then streams
+BLOCK_N keys at a time, turning each key tile the same way, so rotated q and k exist only in registers:
+q·kᵀ = q_even·k_evenᵀ + q_odd·k_oddᵀ. Logits are multiplied by softmax scale and ``table[g_q, g_k]`` and go through the online softmax (base 2); keys past the end are masked to −inf, so any length
 works. The rotated halves are cast back to the input dtype before the dot products, as ComfyUI's apply_rope1 does.
 Returns the output and the natural-log log-sum-exp of the scaled logits per query.
 
 Imported lazily (it imports triton). On a CPU, only with TRITON_INTERPRET=1 set before triton is imported
-(Triton's interpreter: slow, for tests); the interpreter has no bfloat16 dot, so there the bf16-rounded operands
-are multiplied in float32 (the same values; on a GPU the dots run in bf16 with float32 accumulation).
+(Triton's interpreter: slow, for tests); the interpreter has no bfloat16 dot, so there the bf16 operands are
+multiplied in float32 (on a GPU the dots run in bf16 with float32 accumulation). Its float32 → bfloat16 conversions
+truncate where a GPU rounds to nearest, so interpreted bf16 results are less accurate than a GPU's (the tests check
+them against an emulation of those roundings).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import triton
 import triton.language as tl
 
-from .rope3d import RopeSpec, pair_frequencies
+from .rope3d import RopeSpec, pair_frequencies, split_frequencies
 
 LOG2E = 1.4426950408889634
 
 
-def _rope_flash_fwd(Q, K, V, O, LSE, QPOS, KPOS, INV_FREQ, AXIS, QG, KG, TABLE,
+# 2π in three float32 parts for the reduction of RoPE angles (Cody–Waite): the first has 8 significant bits, so
+# n·TWO_PI_HI is exact for every n < 2^16 that positions up to ~10^4 give
+TWO_PI_HI = tl.constexpr(6.28125)
+TWO_PI_MID = tl.constexpr(1.9353071693331003e-3)
+TWO_PI_LO = tl.constexpr(1.0253131677018246e-11)
+INV_TWO_PI = tl.constexpr(0.15915494309189535)
+
+
+def _rope_flash_fwd(Q, K, V, O, LSE, QPOS, KPOS, INV_HI, INV_LO, AXIS, QG, KG, TABLE,
                     qk_scale, Lq, Lk, H, n_kgroups,
                     sqb, sql, sqh, sqd, skb, skl, skh, skd, svb, svl, svh, svd, sob, sol, soh, sod,
                     HALF: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -49,10 +61,16 @@ def _rope_flash_fwd(Q, K, V, O, LSE, QPOS, KPOS, INV_FREQ, AXIS, QG, KG, TABLE,
     q1 = tl.load(q_ptr + d_first[None, :] * sqd, mask=m_valid[:, None], other=0.0)
     q2 = tl.load(q_ptr + d_second[None, :] * sqd, mask=m_valid[:, None], other=0.0)
     if ROPE:
-        inv = tl.load(INV_FREQ + j)
+        inv_hi = tl.load(INV_HI + j)
+        inv_lo = tl.load(INV_LO + j)
         axis = tl.load(AXIS + j)
         qpos = tl.load(QPOS + offs_m[:, None] * 3 + axis[None, :], mask=m_valid[:, None], other=0.0)
-        ang = qpos * inv[None, :]
+        # pos·ω reduced modulo 2π in float32 parts: ω = inv_hi + inv_lo with inv_hi keeping 12 significant bits, so
+        # pos·inv_hi is exact for grid positions below 4096; 2π is taken off in three parts, pos·inv_lo added last
+        # (~1e-7 rad at t = 1000, where a plain float32 product is off by ~1e-4)
+        a = qpos * inv_hi[None, :]
+        n = tl.floor(a * INV_TWO_PI + 0.5)
+        ang = ((a - n * TWO_PI_HI) - n * TWO_PI_MID) - n * TWO_PI_LO + qpos * inv_lo[None, :]
         c = tl.cos(ang)
         s = tl.sin(ang)
         q1f = q1.to(tl.float32)
@@ -74,7 +92,9 @@ def _rope_flash_fwd(Q, K, V, O, LSE, QPOS, KPOS, INV_FREQ, AXIS, QG, KG, TABLE,
         k2 = tl.load(k_ptr + d_second[None, :] * skd, mask=n_valid[:, None], other=0.0)
         if ROPE:
             kpos = tl.load(KPOS + offs_n[:, None] * 3 + axis[None, :], mask=n_valid[:, None], other=0.0)
-            kang = kpos * inv[None, :]
+            ka = kpos * inv_hi[None, :]   # reduced as the queries' angles
+            kn = tl.floor(ka * INV_TWO_PI + 0.5)
+            kang = ((ka - kn * TWO_PI_HI) - kn * TWO_PI_MID) - kn * TWO_PI_LO + kpos * inv_lo[None, :]
             kc = tl.cos(kang)
             ks = tl.sin(kang)
             k1f = k1.to(tl.float32)
@@ -127,14 +147,15 @@ def _kernel(interpret: bool):
     return _kernels[interpret]
 
 
-_freq_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_freq_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
-def _frequencies(spec: RopeSpec, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _frequencies(spec: RopeSpec, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     key = (spec, str(device))
     if key not in _freq_cache:
         inv, axes = pair_frequencies(spec)
-        _freq_cache[key] = (inv.float().to(device), axes.to(device))
+        hi, lo = split_frequencies(inv)
+        _freq_cache[key] = (hi.to(device), lo.to(device), axes.to(device))
     return _freq_cache[key]
 
 
@@ -152,12 +173,12 @@ def triton_rope_attention(q, k, v, q_positions, k_positions, rope: RopeSpec | No
     o = torch.empty(b, lq, h, d, device=q.device, dtype=q.dtype)
     lse = torch.empty(b, h, lq, device=q.device, dtype=torch.float32)
     if rope is not None:
-        inv, axes = _frequencies(rope, q.device)
+        inv_hi, inv_lo, axes = _frequencies(rope, q.device)
         qpos = q_positions.to(device=q.device, dtype=torch.float32).contiguous()
         kpos = k_positions.to(device=q.device, dtype=torch.float32).contiguous()
         adjacent = rope.pairing == "adjacent"
     else:
-        inv = torch.zeros(d // 2, device=q.device, dtype=torch.float32)
+        inv_hi = inv_lo = torch.zeros(d // 2, device=q.device, dtype=torch.float32)
         axes = torch.zeros(d // 2, device=q.device, dtype=torch.int32)
         qpos = kpos = torch.zeros(1, 3, device=q.device, dtype=torch.float32)
         adjacent = True
@@ -166,11 +187,13 @@ def triton_rope_attention(q, k, v, q_positions, k_positions, rope: RopeSpec | No
     if block_n is None:
         block_n = 64 if d <= 64 or q.dtype != torch.float32 else 32
     grid = (triton.cdiv(lq, block_m), b * h)
-    _kernel(interpret)[grid](
-        q, k, v, o, lse, qpos, kpos, inv, axes, q_groups, k_groups, table,
-        sm_scale * 1.4426950408889634, lq, lk, h, table.shape[1],
-        *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-        HALF=d // 2, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, ROPE=rope is not None, ADJACENT=adjacent,
-        IEEE=q.dtype == torch.float32, UPCAST_DOT=interpret and q.dtype == torch.bfloat16)
+    # launched on the tensors' device, whichever device is current in the calling thread
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        _kernel(interpret)[grid](
+            q, k, v, o, lse, qpos, kpos, inv_hi, inv_lo, axes, q_groups, k_groups, table,
+            sm_scale * 1.4426950408889634, lq, lk, h, table.shape[1],
+            *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+            HALF=d // 2, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, ROPE=rope is not None, ADJACENT=adjacent,
+            IEEE=q.dtype == torch.float32, UPCAST_DOT=interpret and q.dtype == torch.bfloat16)
     return o, lse
 

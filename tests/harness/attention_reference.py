@@ -85,6 +85,11 @@ def make_case(name, pack):
         table = torch.tensor([[1.0, 0.7], [1.1, 1.4], [0.9, 1.0]])
         return dict(q=rnd(b, L, h, d), k=rnd(b, L, h, d), v=rnd(b, L, h, d), q_pos=pos, k_pos=pos,
                     axes=(16, 24, 24), pairing="half", groups=fused.GroupTable(table, qg, kg), dtype=torch.float32)
+    if name == "far_positions_fp32":     # temporal positions near 1000: angles of thousands of radians
+        pos = torch.cat([grid(2, 3, 3, 995), grid(1, 3, 3, 1000)])
+        b, h, d, L = 1, 2, 128, pos.shape[0]
+        return dict(q=rnd(b, L, h, d), k=rnd(b, L, h, d), v=rnd(b, L, h, d), q_pos=pos, k_pos=pos,
+                    axes=wan_axes(d), pairing="adjacent", groups=fused.GroupTable.uniform(), dtype=torch.float32)
     if name == "multi_block_self_fp32":  # several 256 × 512 kernel blocks with ragged tails; references; α = 1.2
         pos = torch.cat([grid(3, 10, 15), grid(1, 10, 15, 20), grid(1, 10, 15, 30)])[:700]
         b, h, d, L = 1, 1, 64, pos.shape[0]
@@ -103,9 +108,9 @@ def make_case(name, pack):
     raise KeyError(name)
 
 
-FP32_CASES = ["unimmvsr_self_fp32", "taca_joint_fp32", "tma_cross_fp32", "mfm_half_pairing_fp32"]
+FP32_CASES = ["unimmvsr_self_fp32", "taca_joint_fp32", "tma_cross_fp32", "mfm_half_pairing_fp32", "far_positions_fp32"]
 LOW_CASES = ["unimmvsr_self_bf16", "unimmvsr_self_fp16"]
-LOW_TOL = {torch.bfloat16: 3e-2, torch.float16: 4e-3}
+LOW_TOL = {torch.bfloat16: 3e-2, torch.float16: 4e-3}   # flex (eager) against float64; Triton bf16: bf16_report
 
 
 def run_case(pack, case, backend, **options):
@@ -125,6 +130,68 @@ def run_case(pack, case, backend, **options):
     return (out.double() - want_out).abs().max().item(), lse_err
 
 
+
+
+# --- the Triton kernel's arithmetic, emulated in float64 with its bfloat16 roundings --------------------------
+
+def round_bf16(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """float64 → the nearest bfloat16 value (``"nearest"``: round-to-nearest-even, as a GPU converts) or the one
+    towards zero (``"truncate"``: what Triton's CPU interpreter does), returned as float64."""
+    if mode == "nearest":
+        return x.to(torch.bfloat16).double()
+    bits = x.float().view(torch.int32) & ~0xFFFF      # drop the low 16 bits of the float32 pattern
+    return bits.view(torch.float32).double()
+
+
+def emulate_kernel_bf16(q, k, v, q_pos, k_pos, axes, pairing, scale_table, rounding: str, block_n: int = 16):
+    """What the Triton kernel computes on bfloat16 inputs, step by step in float64 except where it rounds to
+    bfloat16 (with ``rounding``): rotated q and k, each block's probabilities before p·v, and the output. Blocks of
+    ``block_n`` keys with the online softmax's running maximum, as the kernel walks them. (out, lse) like
+    reference_attention. Used to check the interpreter tightly (truncation) and to bound a GPU's error (nearest)."""
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    if axes is not None:
+        q64 = round_bf16(explicit_rope(q64, q_pos, axes, pairing=pairing), rounding)
+        k64 = round_bf16(explicit_rope(k64, k_pos, axes, pairing=pairing), rounding)
+    logits = torch.einsum("blhd,bmhd->bhlm", q64, k64) / math.sqrt(q.shape[-1]) * scale_table.double()
+    b, h, lq, lk = logits.shape
+    m = torch.full((b, h, lq), float("-inf"), dtype=torch.float64)
+    l_sum = torch.zeros(b, h, lq, dtype=torch.float64)
+    acc = torch.zeros(b, h, lq, v.shape[-1], dtype=torch.float64)
+    for start in range(0, lk, block_n):
+        block = logits[..., start:start + block_n]
+        m_new = torch.maximum(m, block.amax(-1))
+        p = torch.exp(block - m_new[..., None])
+        correction = torch.exp(m - m_new)
+        l_sum = l_sum * correction + p.sum(-1)
+        acc = acc * correction[..., None] + torch.einsum("bhlm,bmhd->bhld", round_bf16(p, rounding),
+                                                         v64[:, start:start + block_n])
+        m = m_new
+    out = round_bf16(acc / l_sum[..., None], rounding).permute(0, 2, 1, 3)
+    return out, m + torch.log(l_sum)
+
+
+def bf16_ulp(x: torch.Tensor) -> torch.Tensor:
+    """The spacing of bfloat16 values at |x| (2^(e−7) for x in [2^e, 2^(e+1)))."""
+    exponent = torch.floor(torch.log2(x.abs().clamp(min=2.0 ** -126)))
+    return 2.0 ** (exponent - 7)
+
+
+def bf16_report(pack, case, out, lse, block_n):
+    """The bfloat16 kernel's output against the emulation of its own arithmetic with ``rounding`` as Triton's
+    interpreter rounds (truncation): the largest difference in bfloat16 spacings of the emulated value, and of the
+    log-sum-exp; and the float64 errors of both emulations, the nearest-rounding one being what a GPU's kernel
+    should show (benchmarks/gpu_suite.py holds a GPU to twice it)."""
+    q, k, v = (case[n].to(case["dtype"]) for n in "qkv")
+    table = case["groups"].dense(q.shape[1], k.shape[1])
+    args = (q, k, v, case["q_pos"], case["k_pos"], case["axes"], case["pairing"], table)
+    exact, _ = reference_attention(*args)
+    truncated, truncated_lse = emulate_kernel_bf16(*args, rounding="truncate", block_n=block_n)
+    nearest, _ = emulate_kernel_bf16(*args, rounding="nearest", block_n=block_n)
+    return {"ulps_from_truncating_emulation": ((out.double() - truncated).abs() / bf16_ulp(truncated)).max().item(),
+            "lse_from_truncating_emulation": (lse.double() - truncated_lse).abs().max().item(),
+            "truncating_error": (truncated - exact).abs().max().item(),
+            "nearest_error": (nearest - exact).abs().max().item(),
+            "kernel_error": (out.double() - exact).abs().max().item()}
 
 
 # --- wiring helpers on the real ComfyUI Wan modules (ComfyUI importable in this process) --------------------

@@ -26,6 +26,16 @@ def main():
         case = ar.make_case(name, pack_module)
         results["cases"][name] = ar.run_case(pack_module, case, "triton", block_m=16, block_n=16)
 
+    # bfloat16: against the emulation of the kernel's own roundings (the interpreter truncates where a GPU rounds
+    # to nearest)
+    case = ar.make_case("unimmvsr_self_bf16", pack_module)
+    spec = pack_module("core.attention.rope3d").RopeSpec(case["axes"], 10000.0, case["pairing"])
+    q, k, v = (case[n].to(case["dtype"]) for n in "qkv")
+    out, lse = pack_module("core.attention.fused").rope_attention(
+        "triton", q, k, v, q_positions=case["q_pos"], k_positions=case["k_pos"], rope=spec, groups=case["groups"],
+        block_m=16, block_n=16)
+    results["bf16"] = ar.bf16_report(pack_module, case, out, lse, block_n=16)
+
     fused = pack_module("core.attention.fused")
     case = ar.make_case("taca_joint_fp32", pack_module)
     rope = pack_module("core.attention.rope3d").wan_rope_spec(64)
