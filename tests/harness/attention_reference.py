@@ -134,39 +134,42 @@ def run_case(pack, case, backend, **options):
 
 # --- the Triton kernel's arithmetic, emulated in float64 with its bfloat16 roundings --------------------------
 
-def round_bf16(x: torch.Tensor, mode: str) -> torch.Tensor:
-    """float64 → the nearest bfloat16 value (``"nearest"``: round-to-nearest-even, as a GPU converts) or the one
-    towards zero (``"truncate"``: what Triton's CPU interpreter does), returned as float64."""
+def round_bf16(x: torch.Tensor, mode: str, dtype=torch.bfloat16) -> torch.Tensor:
+    """float64 → the nearest ``dtype`` value (``"nearest"``: round-to-nearest-even, as a GPU converts) or the
+    bfloat16 one towards zero (``"truncate"``: what Triton's CPU interpreter does), returned as float64."""
     if mode == "nearest":
-        return x.to(torch.bfloat16).double()
+        return x.to(dtype).double()
     bits = x.float().view(torch.int32) & ~0xFFFF      # drop the low 16 bits of the float32 pattern
     return bits.view(torch.float32).double()
 
 
-def emulate_kernel_bf16(q, k, v, q_pos, k_pos, axes, pairing, scale_table, rounding: str, block_n: int = 16):
+def emulate_kernel_bf16(q, k, v, q_pos, k_pos, axes, pairing, scale_table, rounding: str, block_n: int = 16,
+                        dtype=torch.bfloat16):
     """What the Triton kernel computes on bfloat16 inputs, step by step in float64 except where it rounds to
     bfloat16 (with ``rounding``): rotated q and k, each block's probabilities before p·v, and the output. Blocks of
     ``block_n`` keys with the online softmax's running maximum, as the kernel walks them. (out, lse) like
-    reference_attention. Used to check the interpreter tightly (truncation) and to bound a GPU's error (nearest)."""
+    reference_attention. Used to check the interpreter tightly (truncation) and to bound a GPU's error (nearest;
+    ``dtype`` float16 for the fp16 kernel)."""
+    rnd = lambda x: round_bf16(x, rounding, dtype)  # noqa: E731
     q64, k64, v64 = q.double(), k.double(), v.double()
     if axes is not None:
-        q64 = round_bf16(explicit_rope(q64, q_pos, axes, pairing=pairing), rounding)
-        k64 = round_bf16(explicit_rope(k64, k_pos, axes, pairing=pairing), rounding)
-    logits = torch.einsum("blhd,bmhd->bhlm", q64, k64) / math.sqrt(q.shape[-1]) * scale_table.double()
+        q64 = rnd(explicit_rope(q64, q_pos, axes, pairing=pairing))
+        k64 = rnd(explicit_rope(k64, k_pos, axes, pairing=pairing))
+    logits = torch.einsum("blhd,bmhd->bhlm", q64, k64) / math.sqrt(q.shape[-1]) * torch.as_tensor(scale_table).double()
     b, h, lq, lk = logits.shape
-    m = torch.full((b, h, lq), float("-inf"), dtype=torch.float64)
-    l_sum = torch.zeros(b, h, lq, dtype=torch.float64)
-    acc = torch.zeros(b, h, lq, v.shape[-1], dtype=torch.float64)
+    m = torch.full((b, h, lq), float("-inf"), dtype=torch.float64, device=q.device)
+    l_sum = torch.zeros(b, h, lq, dtype=torch.float64, device=q.device)
+    acc = torch.zeros(b, h, lq, v.shape[-1], dtype=torch.float64, device=q.device)
     for start in range(0, lk, block_n):
         block = logits[..., start:start + block_n]
         m_new = torch.maximum(m, block.amax(-1))
         p = torch.exp(block - m_new[..., None])
         correction = torch.exp(m - m_new)
         l_sum = l_sum * correction + p.sum(-1)
-        acc = acc * correction[..., None] + torch.einsum("bhlm,bmhd->bhld", round_bf16(p, rounding),
+        acc = acc * correction[..., None] + torch.einsum("bhlm,bmhd->bhld", rnd(p),
                                                          v64[:, start:start + block_n])
         m = m_new
-    out = round_bf16(acc / l_sum[..., None], rounding).permute(0, 2, 1, 3)
+    out = rnd(acc / l_sum[..., None]).permute(0, 2, 1, 3)
     return out, m + torch.log(l_sum)
 
 

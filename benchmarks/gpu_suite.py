@@ -1,0 +1,246 @@
+"""One prepared command for the first GPU the project is lent (`make bench-gpu`): what only a GPU can show, as JSON.
+
+1. kernels — the Triton kernel (RoPE in the kernel) and compiled FlexAttention against a float64 reference at Wan
+   2.1 1.3B (12 heads × 128) and 14B (40 × 128) shapes, bf16 and fp16, self-attention over a 21-latent-frame
+   480p (32,760 tokens) and 720p (75,600 tokens) window, without and with reference tokens (an ID image at t = 20,
+   two reference frames from t = 30). The reference is computed in float64 for a sample of query rows against
+   every key; the bound a bf16/fp16 result must meet is twice the error of the kernel's own arithmetic emulated
+   with round-to-nearest conversions on those rows (tests/harness/attention_reference.py, checked under Triton's
+   interpreter in the suite). Speed: the kernel against ComfyUI's path on the same inputs — a separate RoPE pass
+   (``apply_rope1``) then PyTorch SDPA (flash) — CUDA events, median of 5 (ratio; target ≤ 1.0).
+2. unimmvsr_step — one guided UniMMVSR step (3 evaluations: UniMMVSR §3.3) of the Wan 2.1 1.3B architecture,
+   random weights in ComfyUI's checkpoint layout written at run time (bf16), loaded through the pack's loader, on
+   a 720p tile of 21 latent frames with an ID image and a reference video: seconds and peak allocated memory.
+
+Not yet in the suite: a trainer LoRA step at that size against ``--plan``, one MfM 2B forward (issue 32).
+
+Without CUDA it prints a one-line message and an empty result, and exits 0. ``--smoke`` runs the same code at
+tiny shapes on whatever device there is (the CPU here; flex only, Triton when TRITON_INTERPRET=1), so the suite
+is known to run before a GPU is spent on it (tests/test_gpu_suite.py).
+
+    .venv/bin/python benchmarks/gpu_suite.py [--out benchmarks/results/gpu_<name>_<date>.json] [--budget 480]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
+
+HEAD_DIM = 128
+MODELS = {"wan2.1_1.3B": 12, "wan2.1_14B": 40}                  # heads of 128
+WINDOWS = {"480p_21": (21, 30, 52), "720p_21": (21, 45, 80)}   # latent frames, token rows, token columns
+SAMPLED_ROWS = 128
+WAN21_13B = dict(dim=1536, ffn_dim=8960, num_layers=30)
+
+
+def positions(frames: int, rows: int, cols: int, references: bool):
+    import torch
+    from harness.attention_reference import grid
+    parts = [grid(frames, rows, cols)]
+    if references:                                           # UniMMVSR §3.2: ID image at t = 20, video from t = 30
+        parts += [grid(1, rows, cols, 20), grid(2, rows, cols, 30)]
+    return torch.cat(parts)
+
+
+def reference_rows(q, k, v, q_pos, k_pos, rows, axes):
+    """float64 attention output of the sampled query rows against every key."""
+    import torch
+    from harness.attention_reference import explicit_rope
+    q64 = explicit_rope(q[:, rows].double(), q_pos[rows], axes)
+    k64 = explicit_rope(k.double(), k_pos, axes)
+    logits = torch.einsum("blhd,bmhd->bhlm", q64, k64) / math.sqrt(q.shape[-1])
+    return torch.einsum("bhlm,bmhd->blhd", logits.softmax(-1), v.double())
+
+
+def nearest_rounding_bound(q, k, v, q_pos, k_pos, rows, axes, exact, block_n: int) -> float:
+    """Twice the float64 error of the kernel's arithmetic emulated with round-to-nearest conversions."""
+    from harness.attention_reference import emulate_kernel_bf16
+    emulated, _ = emulate_kernel_bf16(q[:, rows], k, v, q_pos[rows], k_pos, axes, "adjacent", 1.0,
+                                      rounding="nearest", block_n=block_n, dtype=q.dtype)
+    return 2 * (emulated - exact).abs().max().item()
+
+
+def cuda_median_ms(fn, repeats: int = 5) -> float:
+    import torch
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def kernels(pack, device, smoke: bool, deadline: float) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+    from comfy.ldm.flux.math import apply_rope1
+
+    from harness.attention_reference import wan_axes
+    fused = pack("core.attention.fused")
+    rope3d = pack("core.attention.rope3d")
+    spec = rope3d.wan_rope_spec(HEAD_DIM)
+    backends = ["flex"] + (["triton"] if device.type == "cuda" or fused.interpreter_enabled() else [])
+    models = {"tiny": 1} if smoke else MODELS
+    windows = {"tiny": (2, 3, 4)} if smoke else WINDOWS
+    dtypes = [torch.bfloat16, torch.float16]
+    results = []
+    for model, heads in models.items():
+        for window, (frames, rows_, cols) in windows.items():
+            for references in (False, True):
+                pos = positions(frames, rows_, cols, references).to(device)
+                length = pos.shape[0]
+                g = torch.Generator(device=device).manual_seed(length + heads)
+                q, k, v = (torch.randn(1, length, heads, HEAD_DIM, device=device, generator=g) for _ in range(3))
+                rows = torch.randperm(length, generator=torch.Generator().manual_seed(0))[:SAMPLED_ROWS].to(device)
+                exact = reference_rows(q, k, v, pos, pos, rows, wan_axes(HEAD_DIM))
+                freqs = rope3d_freqs(pos, device)
+                for dtype in dtypes:
+                    qd, kd, vd = (t.to(dtype) for t in (q, k, v))
+                    exact_d = reference_rows(qd, kd, vd, pos, pos, rows, wan_axes(HEAD_DIM))
+                    bound = nearest_rounding_bound(qd, kd, vd, pos, pos, rows, wan_axes(HEAD_DIM), exact_d, 64)
+                    for backend in backends:
+                        if time.monotonic() > deadline:
+                            results.append({"model": model, "window": window, "skipped": "time budget spent"})
+                            return results
+                        record = {"model": model, "heads": heads, "window": window, "tokens": length,
+                                  "references": references, "dtype": str(dtype).replace("torch.", ""),
+                                  "backend": backend}
+                        try:
+                            with torch.no_grad():
+                                out, _ = fused.rope_attention(backend, qd, kd, vd, q_positions=pos, k_positions=pos,
+                                                              rope=spec)
+                            error = (out[:, rows].double() - exact_d).abs().max().item()
+                            record.update(error=error, bound=bound, within_bound=error <= bound,
+                                          error_vs_float32_inputs=(out[:, rows].double() - exact).abs().max().item())
+                            if device.type == "cuda":
+                                def kernel(b=backend):
+                                    fused.rope_attention(b, qd, kd, vd, q_positions=pos, k_positions=pos, rope=spec)
+
+                                def comfy_path():
+                                    qr, kr = apply_rope1(qd, freqs), apply_rope1(kd, freqs)
+                                    F.scaled_dot_product_attention(qr.transpose(1, 2), kr.transpose(1, 2),
+                                                                   vd.transpose(1, 2))
+                                with torch.no_grad():
+                                    ms_kernel, ms_comfy = cuda_median_ms(kernel), cuda_median_ms(comfy_path)
+                                record.update(kernel_ms=ms_kernel, rope_plus_sdpa_ms=ms_comfy,
+                                              ratio=ms_kernel / ms_comfy)
+                        except Exception as e:   # one failing case must not lose the others' figures
+                            record["error_message"] = f"{type(e).__name__}: {e}"
+                        results.append(record)
+                        print(json.dumps(record), file=sys.stderr, flush=True)
+    return results
+
+
+def rope3d_freqs(pos, device):
+    """ComfyUI Wan's RoPE table for these positions (its EmbedND), as ``apply_rope1`` takes it."""
+    from comfy.ldm.flux.layers import EmbedND
+    d = HEAD_DIM
+    return EmbedND(dim=d, theta=10000.0, axes_dim=[d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6)])(
+        pos[None].float()).movedim(1, 2).to(device)
+
+
+def unimmvsr_step(pack, device, smoke: bool, workdir: str) -> dict:
+    """One guided step of the upscaler through the pack's loader and guider: seconds and peak memory."""
+    import comfy.model_management
+    import comfy.samplers
+    import torch
+    from safetensors.torch import save_file
+
+    from core.unimmvsr.checkpoint import init_from_t2v
+    from core.unimmvsr.references import Reference
+    from harness.tiny_models import build_wan
+    shape = dict(dim=128, ffn_dim=256, num_layers=2) if smoke else WAN21_13B
+    frames, height, width = (2, 16, 24) if smoke else (21, 90, 160)     # latent: 21 frames of a 720×1280 tile
+    sd, meta = init_from_t2v({k: v.to(torch.bfloat16) for k, v in build_wan(**shape).state_dict().items()})
+    path = os.path.join(workdir, "unimmvsr_suite.safetensors")
+    save_file(sd, path, metadata=meta)
+    del sd
+    model = pack("model_loaders.unimmvsr").load_unimmvsr(path, os.path.basename(path))
+    LRCondition = pack("nodes.unimmvsr_upsampler").LRCondition
+    g = torch.Generator().manual_seed(0)
+    latent = (1, 16, frames, height, width)
+    lr = LRCondition(torch.randn(latent, generator=g), 600.0)
+    refs = [Reference("id_image", torch.randn(1, 16, 1, height, width, generator=g)),
+            Reference("reference_video", torch.randn(1, 16, 2, height, width, generator=g))]
+    cond = [[torch.randn(1, 64, 4096, generator=g), {}]]
+    tile = max(height, width) * 8
+    guider = pack("nodes.unimmvsr_guider").UniMMVSRGuider.execute(
+        model, cond, cond, lr, 3.0, 1.0, 0.3, tile, tile, 64, 0, 4, refs).result[0]
+    noise = torch.randn(latent, generator=g)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"), torch.tensor([1.0, 0.0]),
+                  seed=0)
+    seconds = time.perf_counter() - start
+    result = {"architecture": "tiny" if smoke else "wan2.1_1.3B", "latent": list(latent), "references": "ID image "
+              "+ 2-frame reference video", "seconds": seconds}
+    if device.type == "cuda":
+        result["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    comfy.model_management.unload_all_models()
+    os.remove(path)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", help="write the JSON here too (default benchmarks/results/gpu_<name>_<date>.json "
+                                      "on a GPU)")
+    parser.add_argument("--budget", type=float, default=480, help="seconds for the kernel section (default 480)")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on any device (checks the suite runs)")
+    args = parser.parse_args()
+    import torch
+    if not torch.cuda.is_available() and not args.smoke:
+        print("gpu_suite: no CUDA device here (torch.cuda.is_available() is False): nothing measured. Run it on a "
+              "machine with an NVIDIA GPU, or with --smoke to check the suite at tiny shapes.", file=sys.stderr)
+        print(json.dumps({"cuda": False}))
+        return 0
+    from harness.paths import pack_module, use_comfy_in_process
+    use_comfy_in_process()
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = not torch.cuda.is_available()
+    import comfy.model_management
+    device = comfy.model_management.get_torch_device()
+    started = time.monotonic()
+    report = {"date": datetime.date.today().isoformat(), "device": str(device),
+              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+              "torch": torch.__version__, "smoke": args.smoke}
+    workdir = os.path.join(REPO, ".cache", "gpu_suite")
+    os.makedirs(workdir, exist_ok=True)
+    sections = (("kernels", lambda: kernels(pack_module, device, args.smoke, started + args.budget)),
+                ("unimmvsr_step", lambda: unimmvsr_step(pack_module, device, args.smoke, workdir)))
+    for name, run in sections:
+        try:
+            report[name] = run()
+        except Exception as e:
+            report[name] = {"error_message": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2000:]}
+    report["seconds"] = time.monotonic() - started
+    text = json.dumps(report, indent=1)
+    print(text)
+    out = args.out
+    if out is None and report["gpu"]:
+        name = report["gpu"].replace(" ", "_").replace("/", "_")
+        out = os.path.join(REPO, "benchmarks", "results", f"gpu_{name}_{report['date']}.json")
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
