@@ -6,7 +6,9 @@ paths, memory (issue 32).
    test harness (16 latent channels); the UniMMVSR Upsampler, References (an ID image and a 5-frame reference
    video) and Guider nodes; one euler step of 5 frames at 256×256 with its 3 evaluations (UniMMVSR §3.3: text and
    reference guidance). Seconds against the FLOP model at this machine's measured bf16 matmul rate; peak RSS.
-2. The attention override at 40 heads: one Wan 2.1 14B block (dim 5120, 40 heads of 128) through ComfyUI's
+2. MfM 2B (Goku's 2B shape: 28 blocks, 28 heads of 64, 1792 wide): a random pipeline folder (bf16 transformer)
+   through the pack's MfM loader, one CFG step (2 evaluations) of 17 frames at 256×384 on ComfyUI's sampler.
+3. The attention override at 40 heads: one Wan 2.1 14B block (dim 5120, 40 heads of 128) through ComfyUI's
    loader, with TMA (UniVid §2.3) and UniCascade Attention (flex) against ComfyUI's default attention on the same
    input: the largest difference and both times.
 
@@ -25,6 +27,7 @@ sys.path[:0] = [os.path.join(REPO, "tests"), REPO, os.path.join(REPO, "benchmark
 
 WAN21_13B = dict(dim=1536, ffn_dim=8960, num_layers=30)
 WAN21_14B_BLOCK = dict(dim=5120, ffn_dim=13824, num_layers=1)
+MFM_2B = dict(num_attention_heads=28, attention_head_dim=64, num_layers=28)   # MfM §4 / Goku 2B: 1792 wide
 TEXT = 512
 
 
@@ -88,6 +91,43 @@ def unimmvsr_13b(pack, workdir: str, bf16_rate: float) -> None:
     os.remove(path)
 
 
+def mfm_2b(pack, workdir: str, bf16_rate: float) -> None:
+    import comfy.model_management
+    import comfy.sample
+    import folder_paths
+    import torch
+
+    from harness.tiny_mfm import CONFIG, transformer_weights, write_pipeline
+    from mfm_step import LATENT, TEXT as MFM_TEXT, mfm_step_flops
+    config = {**CONFIG, **MFM_2B}
+    t0 = time.perf_counter()
+    weights = {k: v.to(torch.bfloat16) for k, v in transformer_weights(config).items()}
+    params = sum(v.numel() for v in weights.values())
+    write_pipeline(os.path.join(workdir, "mfm", "MfM-2B-random"), config, weights=weights)
+    del weights
+    folder_paths.add_model_folder_path("mfm", os.path.join(workdir, "mfm"))
+    model = pack("model_loaders.mfm_pipeline").load_pipeline_model("MfM-2B-random")
+    width = MFM_2B["num_attention_heads"] * MFM_2B["attention_head_dim"]
+    print(f"2. MfM 2B: {params / 1e9:.2f} B transformer parameters, {MFM_2B['num_layers']} blocks, "
+          f"{MFM_2B['num_attention_heads']} heads × {MFM_2B['attention_head_dim']} ({width} wide); written and "
+          f"loaded in {time.perf_counter() - t0:.0f} s")
+    g = torch.Generator().manual_seed(2)
+    context = torch.randn(1, MFM_TEXT, 4096, generator=g)
+    noise = torch.randn(LATENT, generator=g)
+    start = time.perf_counter()
+    comfy.sample.sample(model, noise, 1, 5.0, "euler", "simple", [[context, {}]], [[torch.zeros_like(context), {}]],
+                        torch.zeros(LATENT), seed=0, disable_pbar=True)
+    seconds = time.perf_counter() - start
+    _, _, t, h, w = LATENT
+    tokens = t * (h // 2) * (w // 2)
+    flops = mfm_step_flops(tokens, MFM_TEXT, width, MFM_2B["num_layers"])
+    predicted = flops / (bf16_rate * 1e12)
+    print(f"   one CFG step of {tokens} tokens (the condition adapter included, once): {seconds:.1f} s; FLOP model "
+          f"{flops / 1e12:.2f} TFLOP in the blocks → {predicted:.1f} s (measured/predicted {seconds / predicted:.2f});"
+          f" peak RSS {peak_rss_gib():.1f} GiB")
+    comfy.model_management.unload_all_models()
+
+
 def attention_at_40_heads(pack) -> None:
     import comfy.model_management
     import comfy.sd
@@ -98,7 +138,7 @@ def attention_at_40_heads(pack) -> None:
     sd = {k: v.to(torch.bfloat16) for k, v in build_wan(**WAN21_14B_BLOCK).state_dict().items()}
     model = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": torch.bfloat16})
     dm = model.model.diffusion_model
-    print(f"2. one Wan 2.1 14B block: {dm.num_heads} heads × {dm.dim // dm.num_heads}, dim {dm.dim}; bf16 weights, "
+    print(f"3. one Wan 2.1 14B block: {dm.num_heads} heads × {dm.dim // dm.num_heads}, dim {dm.dim}; bf16 weights, "
           f"{model.model.manual_cast_dtype or model.model.get_dtype()} activations")
     boosted = tma(pack, model, 1.3)                                   # TMA with α = 1.3 on the text keys
     ab = pack("samplers.attention_backends")
@@ -135,6 +175,9 @@ def main() -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, measured bf16 matmul {rate:.2f} TFLOP/s")
     with tempfile.TemporaryDirectory(prefix="full_size_") as workdir:
         unimmvsr_13b(pack_module, workdir, rate)
+        import comfy.model_management
+        comfy.model_management.unload_all_models()
+        mfm_2b(pack_module, workdir, rate)
     attention_at_40_heads(pack_module)
     return 0
 
