@@ -91,7 +91,10 @@ def unimmvsr_13b(pack, workdir: str, bf16_rate: float) -> None:
     os.remove(path)
 
 
-def mfm_2b(pack, workdir: str, bf16_rate: float) -> None:
+def mfm_step(pack, workdir: str, shape: dict = MFM_2B, latent: tuple | None = None) -> dict:
+    """A random MfM pipeline folder of ``shape`` (bf16 transformer) through the pack's MfM loader, then one CFG step
+    (2 evaluations) on ComfyUI's sampler: parameters, tokens, seconds, the blocks' FLOPs (also used by
+    benchmarks/gpu_suite.py)."""
     import comfy.model_management
     import comfy.sample
     import folder_paths
@@ -99,33 +102,46 @@ def mfm_2b(pack, workdir: str, bf16_rate: float) -> None:
 
     from harness.tiny_mfm import CONFIG, transformer_weights, write_pipeline
     from mfm_step import LATENT, TEXT as MFM_TEXT, mfm_step_flops
-    config = {**CONFIG, **MFM_2B}
-    t0 = time.perf_counter()
+    latent = latent or LATENT
+    config = {**CONFIG, **shape}
     weights = {k: v.to(torch.bfloat16) for k, v in transformer_weights(config).items()}
     params = sum(v.numel() for v in weights.values())
-    write_pipeline(os.path.join(workdir, "mfm", "MfM-2B-random"), config, weights=weights)
+    name = f"MfM-random-{shape['num_layers']}x{shape['num_attention_heads']}"
+    write_pipeline(os.path.join(workdir, "mfm", name), config, weights=weights)
     del weights
     folder_paths.add_model_folder_path("mfm", os.path.join(workdir, "mfm"))
-    model = pack("model_loaders.mfm_pipeline").load_pipeline_model("MfM-2B-random")
-    width = MFM_2B["num_attention_heads"] * MFM_2B["attention_head_dim"]
-    print(f"2. MfM 2B: {params / 1e9:.2f} B transformer parameters, {MFM_2B['num_layers']} blocks, "
-          f"{MFM_2B['num_attention_heads']} heads × {MFM_2B['attention_head_dim']} ({width} wide); written and "
-          f"loaded in {time.perf_counter() - t0:.0f} s")
+    model = pack("model_loaders.mfm_pipeline").load_pipeline_model(name)
+    device = comfy.model_management.get_torch_device()
     g = torch.Generator().manual_seed(2)
     context = torch.randn(1, MFM_TEXT, 4096, generator=g)
-    noise = torch.randn(LATENT, generator=g)
+    noise = torch.randn(latent, generator=g)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     comfy.sample.sample(model, noise, 1, 5.0, "euler", "simple", [[context, {}]], [[torch.zeros_like(context), {}]],
-                        torch.zeros(LATENT), seed=0, disable_pbar=True)
+                        torch.zeros(latent), seed=0, disable_pbar=True)
     seconds = time.perf_counter() - start
-    _, _, t, h, w = LATENT
+    _, _, t, h, w = latent
     tokens = t * (h // 2) * (w // 2)
-    flops = mfm_step_flops(tokens, MFM_TEXT, width, MFM_2B["num_layers"])
-    predicted = flops / (bf16_rate * 1e12)
-    print(f"   one CFG step of {tokens} tokens (the condition adapter included, once): {seconds:.1f} s; FLOP model "
-          f"{flops / 1e12:.2f} TFLOP in the blocks → {predicted:.1f} s (measured/predicted {seconds / predicted:.2f});"
-          f" peak RSS {peak_rss_gib():.1f} GiB")
+    width = shape["num_attention_heads"] * shape["attention_head_dim"]
+    result = {"parameters": params, "blocks": shape["num_layers"], "heads": shape["num_attention_heads"],
+              "head_dim": shape["attention_head_dim"], "latent": list(latent), "tokens": tokens, "seconds": seconds,
+              "block_flops": mfm_step_flops(tokens, MFM_TEXT, width, shape["num_layers"])}
+    if device.type == "cuda":
+        result["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
     comfy.model_management.unload_all_models()
+    return result
+
+
+def mfm_2b(pack, workdir: str, bf16_rate: float) -> None:
+    t0 = time.perf_counter()
+    r = mfm_step(pack, workdir)
+    predicted = r["block_flops"] / (bf16_rate * 1e12)
+    print(f"2. MfM 2B: {r['parameters'] / 1e9:.2f} B transformer parameters, {r['blocks']} blocks, {r['heads']} heads "
+          f"× {r['head_dim']}; written, loaded and stepped in {time.perf_counter() - t0:.0f} s")
+    print(f"   one CFG step of {r['tokens']} tokens (the condition adapter included, once): {r['seconds']:.1f} s; FLOP "
+          f"model {r['block_flops'] / 1e12:.2f} TFLOP in the blocks → {predicted:.1f} s (measured/predicted "
+          f"{r['seconds'] / predicted:.2f}); peak RSS {peak_rss_gib():.1f} GiB")
 
 
 def attention_at_40_heads(pack) -> None:

@@ -12,7 +12,10 @@
    random weights in ComfyUI's checkpoint layout written at run time (bf16), loaded through the pack's loader, on
    a 720p tile of 21 latent frames with an ID image and a reference video: seconds and peak allocated memory.
 
-Not yet in the suite: a trainer LoRA step at that size against ``--plan``, one MfM 2B forward (issue 32).
+3. mfm_2b_step — MfM 2B (28 blocks, 28 heads of 64; random bf16 pipeline folder through the MfM loader), one CFG
+   step of 17 frames at 256×384 on ComfyUI's sampler: seconds, peak allocated memory, the blocks' FLOPs.
+
+Not yet in the suite: a trainer LoRA step at the 1.3B size against ``--plan`` (issue 32).
 
 Without CUDA it prints a one-line message and an empty result, and exits 0. ``--smoke`` runs the same code at
 tiny shapes on whatever device there is (the CPU here; flex only, Triton when TRITON_INTERPRET=1), so the suite
@@ -33,7 +36,7 @@ import time
 import traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
+sys.path[:0] = [os.path.join(REPO, "tests"), REPO, os.path.join(REPO, "benchmarks")]
 
 HEAD_DIM = 128
 MODELS = {"wan2.1_1.3B": 12, "wan2.1_14B": 40}                  # heads of 128
@@ -196,6 +199,12 @@ def unimmvsr_step(pack, device, smoke: bool, workdir: str) -> dict:
     return result
 
 
+def mfm_2b_step(pack, smoke: bool, workdir: str) -> dict:
+    from full_size_cpu import MFM_2B, mfm_step
+    shape = dict(num_attention_heads=2, attention_head_dim=64, num_layers=2) if smoke else MFM_2B
+    return mfm_step(pack, workdir, shape, (1, 16, 2, 8, 8) if smoke else None)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="write the JSON here too (default benchmarks/results/gpu_<name>_<date>.json "
@@ -222,7 +231,8 @@ def main() -> int:
     workdir = os.path.join(REPO, ".cache", "gpu_suite")
     os.makedirs(workdir, exist_ok=True)
     sections = (("kernels", lambda: kernels(pack_module, device, args.smoke, started + args.budget)),
-                ("unimmvsr_step", lambda: unimmvsr_step(pack_module, device, args.smoke, workdir)))
+                ("unimmvsr_step", lambda: unimmvsr_step(pack_module, device, args.smoke, workdir)),
+                ("mfm_2b_step", lambda: mfm_2b_step(pack_module, args.smoke, workdir)))
     for name, run in sections:
         try:
             report[name] = run()

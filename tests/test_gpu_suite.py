@@ -41,3 +41,6 @@ def test_smoke_run_goes_through_every_section(tmp_path):
     step = report["unimmvsr_step"]
     assert "error_message" not in step, step.get("traceback")
     assert step["seconds"] > 0 and step["latent"] == [1, 16, 2, 16, 24]
+    mfm = report["mfm_2b_step"]
+    assert "error_message" not in mfm, mfm.get("traceback")
+    assert mfm["seconds"] > 0 and mfm["tokens"] == 2 * 4 * 4 and mfm["blocks"] == 2 and mfm["block_flops"] > 0
