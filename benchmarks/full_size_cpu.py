@@ -43,7 +43,12 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def unimmvsr_13b(pack, workdir: str, bf16_rate: float) -> None:
+def unimmvsr_step(pack, workdir: str, shape: dict = WAN21_13B, frames: int = 5, width: int = 256,
+                  height: int = 256) -> dict:
+    """A random UniMMVSR of ``shape`` (bf16, ComfyUI's checkpoint layout) through the pack's loader, Upsampler,
+    References (an ID image, a 5-frame reference video) and Guider (one window of the whole frame), then one euler
+    step (3 evaluations): sizes, seconds, the FLOP model's count (also used by benchmarks/gpu_suite.py)."""
+    import comfy.model_management
     import comfy.samplers
     import comfy.sd
     import torch
@@ -51,44 +56,57 @@ def unimmvsr_13b(pack, workdir: str, bf16_rate: float) -> None:
 
     from core.unimmvsr.checkpoint import init_from_t2v
     from harness.tiny_models import build_wan, build_wan_vae
-    frames, width, height = 5, 256, 256
     t0 = time.perf_counter()
-    sd, meta = init_from_t2v({k: v.to(torch.bfloat16) for k, v in build_wan(**WAN21_13B).state_dict().items()})
-    path = os.path.join(workdir, "unimmvsr_1.3B.safetensors")
+    sd, meta = init_from_t2v({k: v.to(torch.bfloat16) for k, v in build_wan(**shape).state_dict().items()})
+    path = os.path.join(workdir, "unimmvsr_step.safetensors")
     save_file(sd, path, metadata=meta)
-    size_gib = os.path.getsize(path) / 2 ** 30
     del sd
+    result = {"checkpoint_gib": os.path.getsize(path) / 2 ** 30}
     model = pack("model_loaders.unimmvsr").load_unimmvsr(path, os.path.basename(path))
     vae = comfy.sd.VAE(sd=build_wan_vae().state_dict())
-    print(f"1. UniMMVSR, Wan 2.1 1.3B architecture: checkpoint {size_gib:.2f} GiB (bf16), built and loaded in "
-          f"{time.perf_counter() - t0:.0f} s")
+    result["load_seconds"] = time.perf_counter() - t0
     g = torch.Generator().manual_seed(0)
     low = torch.rand(frames, height // 4, width // 4, 3, generator=g)
     lr = pack("nodes.unimmvsr_upsampler").UniMMVSRUpsampler.execute(vae, width, height, 600, 0,
                                                                       lr_images=low).result[0]
     refs = pack("nodes.unimmvsr_references").UniMMVSRReferences.execute(
         vae, width, height, id_image_1=torch.rand(1, height, width, 3, generator=g),
-        reference_video_1=torch.rand(frames, height, width, 3, generator=g)).result[0]
+        reference_video_1=torch.rand(5, height, width, 3, generator=g)).result[0]
     cond = [[torch.randn(1, TEXT, 4096, generator=g), {}]]
     guider = pack("nodes.unimmvsr_guider").UniMMVSRGuider.execute(
         model, cond, cond, lr, 3.0, 1.0, 0.3, width, height, 64, 0, 4, refs).result[0]
     latent_frames = (frames - 1) // 4 + 1
     noise = torch.randn(1, 16, latent_frames, height // 8, width // 8, generator=g)
-    before = peak_rss_gib()
+    device = comfy.model_management.get_torch_device()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"), torch.tensor([1.0, 0.0]),
                   seed=0)
-    seconds = time.perf_counter() - start
+    result["seconds"] = time.perf_counter() - start
+    if device.type == "cuda":
+        result["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
     per_frame = (height // 16) * (width // 16)
-    target, with_refs = latent_frames * per_frame, (latent_frames + 1 + latent_frames) * per_frame
-    dim, ffn, layers = WAN21_13B["dim"], WAN21_13B["ffn_dim"], WAN21_13B["num_layers"]
-    flops = 2 * evaluation_flops(target, dim, ffn, TEXT, layers) + evaluation_flops(with_refs, dim, ffn, TEXT, layers)
-    predicted = flops / (bf16_rate * 1e12)
-    print(f"   one step, {frames} frames {width}×{height} ({target} target tokens; {with_refs} with the ID image and "
-          f"the reference video), 3 evaluations: {seconds:.1f} s; FLOP model {flops / 1e12:.2f} TFLOP at the measured "
-          f"{bf16_rate:.2f} TFLOP/s → {predicted:.1f} s (measured/predicted {seconds / predicted:.2f}); peak RSS "
-          f"{peak_rss_gib():.1f} GiB ({before:.1f} GiB before the step)")
+    target, with_refs = latent_frames * per_frame, (latent_frames + 1 + 2) * per_frame
+    dim, ffn, layers = shape["dim"], shape["ffn_dim"], shape["num_layers"]
+    result.update(latent=list(noise.shape), target_tokens=target, tokens_with_references=with_refs,
+                  flops=2 * evaluation_flops(target, dim, ffn, TEXT, layers)
+                  + evaluation_flops(with_refs, dim, ffn, TEXT, layers))
+    comfy.model_management.unload_all_models()
     os.remove(path)
+    return result
+
+
+def unimmvsr_13b(pack, workdir: str, bf16_rate: float) -> None:
+    frames, width, height = 5, 256, 256
+    r = unimmvsr_step(pack, workdir, WAN21_13B, frames, width, height)
+    predicted = r["flops"] / (bf16_rate * 1e12)
+    print(f"1. UniMMVSR, Wan 2.1 1.3B architecture: checkpoint {r['checkpoint_gib']:.2f} GiB (bf16), built and loaded "
+          f"in {r['load_seconds']:.0f} s")
+    print(f"   one step, {frames} frames {width}×{height} ({r['target_tokens']} target tokens; "
+          f"{r['tokens_with_references']} with the ID image and the reference video), 3 evaluations: "
+          f"{r['seconds']:.1f} s; FLOP model {r['flops'] / 1e12:.2f} TFLOP at the measured {bf16_rate:.2f} TFLOP/s → "
+          f"{predicted:.1f} s (measured/predicted {r['seconds'] / predicted:.2f}); peak RSS {peak_rss_gib():.1f} GiB")
 
 
 def mfm_step(pack, workdir: str, shape: dict = MFM_2B, latent: tuple | None = None) -> dict:
@@ -191,8 +209,6 @@ def main() -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, measured bf16 matmul {rate:.2f} TFLOP/s")
     with tempfile.TemporaryDirectory(prefix="full_size_") as workdir:
         unimmvsr_13b(pack_module, workdir, rate)
-        import comfy.model_management
-        comfy.model_management.unload_all_models()
         mfm_2b(pack_module, workdir, rate)
     attention_at_40_heads(pack_module)
     return 0

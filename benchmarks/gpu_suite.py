@@ -9,8 +9,9 @@
    interpreter in the suite). Speed: the kernel against ComfyUI's path on the same inputs — a separate RoPE pass
    (``apply_rope1``) then PyTorch SDPA (flash) — CUDA events, median of 5 (ratio; target ≤ 1.0).
 2. unimmvsr_step — one guided UniMMVSR step (3 evaluations: UniMMVSR §3.3) of the Wan 2.1 1.3B architecture,
-   random weights in ComfyUI's checkpoint layout written at run time (bf16), loaded through the pack's loader, on
-   a 720p tile of 21 latent frames with an ID image and a reference video: seconds and peak allocated memory.
+   random weights in ComfyUI's checkpoint layout written at run time (bf16), through the pack's loader, Upsampler,
+   References (an ID image, a reference video) and Guider, on a 720p tile of 21 latent frames: seconds, peak
+   allocated memory, the FLOP model's count (the same code as benchmarks/full_size_cpu.py).
 
 3. mfm_2b_step — MfM 2B (28 blocks, 28 heads of 64; random bf16 pipeline folder through the MfM loader), one CFG
    step of 17 frames at 256×384 on ComfyUI's sampler: seconds, peak allocated memory, the blocks' FLOPs.
@@ -42,7 +43,6 @@ HEAD_DIM = 128
 MODELS = {"wan2.1_1.3B": 12, "wan2.1_14B": 40}                  # heads of 128
 WINDOWS = {"480p_21": (21, 30, 52), "720p_21": (21, 45, 80)}   # latent frames, token rows, token columns
 SAMPLED_ROWS = 128
-WAN21_13B = dict(dim=1536, ffn_dim=8960, num_layers=30)
 
 
 def positions(frames: int, rows: int, cols: int, references: bool):
@@ -92,6 +92,7 @@ def kernels(pack, device, smoke: bool, deadline: float) -> list[dict]:
     import torch.nn.functional as F
     from comfy.ldm.flux.math import apply_rope1
 
+    from attention_kernels import comfy_freqs
     from harness.attention_reference import wan_axes
     fused = pack("core.attention.fused")
     rope3d = pack("core.attention.rope3d")
@@ -110,7 +111,7 @@ def kernels(pack, device, smoke: bool, deadline: float) -> list[dict]:
                 q, k, v = (torch.randn(1, length, heads, HEAD_DIM, device=device, generator=g) for _ in range(3))
                 rows = torch.randperm(length, generator=torch.Generator().manual_seed(0))[:SAMPLED_ROWS].to(device)
                 exact = reference_rows(q, k, v, pos, pos, rows, wan_axes(HEAD_DIM))
-                freqs = rope3d_freqs(pos, device)
+                freqs = comfy_freqs(pos.cpu(), HEAD_DIM).to(device)
                 for dtype in dtypes:
                     qd, kd, vd = (t.to(dtype) for t in (q, k, v))
                     exact_d = reference_rows(qd, kd, vd, pos, pos, rows, wan_axes(HEAD_DIM))
@@ -148,55 +149,11 @@ def kernels(pack, device, smoke: bool, deadline: float) -> list[dict]:
     return results
 
 
-def rope3d_freqs(pos, device):
-    """ComfyUI Wan's RoPE table for these positions (its EmbedND), as ``apply_rope1`` takes it."""
-    from comfy.ldm.flux.layers import EmbedND
-    d = HEAD_DIM
-    return EmbedND(dim=d, theta=10000.0, axes_dim=[d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6)])(
-        pos[None].float()).movedim(1, 2).to(device)
-
-
-def unimmvsr_step(pack, device, smoke: bool, workdir: str) -> dict:
-    """One guided step of the upscaler through the pack's loader and guider: seconds and peak memory."""
-    import comfy.model_management
-    import comfy.samplers
-    import torch
-    from safetensors.torch import save_file
-
-    from core.unimmvsr.checkpoint import init_from_t2v
-    from core.unimmvsr.references import Reference
-    from harness.tiny_models import build_wan
-    shape = dict(dim=128, ffn_dim=256, num_layers=2) if smoke else WAN21_13B
-    frames, height, width = (2, 16, 24) if smoke else (21, 90, 160)     # latent: 21 frames of a 720×1280 tile
-    sd, meta = init_from_t2v({k: v.to(torch.bfloat16) for k, v in build_wan(**shape).state_dict().items()})
-    path = os.path.join(workdir, "unimmvsr_suite.safetensors")
-    save_file(sd, path, metadata=meta)
-    del sd
-    model = pack("model_loaders.unimmvsr").load_unimmvsr(path, os.path.basename(path))
-    LRCondition = pack("nodes.unimmvsr_upsampler").LRCondition
-    g = torch.Generator().manual_seed(0)
-    latent = (1, 16, frames, height, width)
-    lr = LRCondition(torch.randn(latent, generator=g), 600.0)
-    refs = [Reference("id_image", torch.randn(1, 16, 1, height, width, generator=g)),
-            Reference("reference_video", torch.randn(1, 16, 2, height, width, generator=g))]
-    cond = [[torch.randn(1, 64, 4096, generator=g), {}]]
-    tile = max(height, width) * 8
-    guider = pack("nodes.unimmvsr_guider").UniMMVSRGuider.execute(
-        model, cond, cond, lr, 3.0, 1.0, 0.3, tile, tile, 64, 0, 4, refs).result[0]
-    noise = torch.randn(latent, generator=g)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"), torch.tensor([1.0, 0.0]),
-                  seed=0)
-    seconds = time.perf_counter() - start
-    result = {"architecture": "tiny" if smoke else "wan2.1_1.3B", "latent": list(latent), "references": "ID image "
-              "+ 2-frame reference video", "seconds": seconds}
-    if device.type == "cuda":
-        result["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
-    comfy.model_management.unload_all_models()
-    os.remove(path)
-    return result
+def unimmvsr_13b_step(pack, smoke: bool, workdir: str) -> dict:
+    from full_size_cpu import WAN21_13B, unimmvsr_step
+    if smoke:
+        return unimmvsr_step(pack, workdir, dict(dim=128, ffn_dim=256, num_layers=2), 5, 192, 128)
+    return unimmvsr_step(pack, workdir, WAN21_13B, 81, 1280, 720)       # 21 latent frames of a 720p tile
 
 
 def mfm_2b_step(pack, smoke: bool, workdir: str) -> dict:
@@ -231,7 +188,7 @@ def main() -> int:
     workdir = os.path.join(REPO, ".cache", "gpu_suite")
     os.makedirs(workdir, exist_ok=True)
     sections = (("kernels", lambda: kernels(pack_module, device, args.smoke, started + args.budget)),
-                ("unimmvsr_step", lambda: unimmvsr_step(pack_module, device, args.smoke, workdir)),
+                ("unimmvsr_step", lambda: unimmvsr_13b_step(pack_module, args.smoke, workdir)),
                 ("mfm_2b_step", lambda: mfm_2b_step(pack_module, args.smoke, workdir)))
     for name, run in sections:
         try:

@@ -207,13 +207,15 @@ def _kernel_function(func, backend: str, state: _State):
         scale = 1.0 if scale is None else float(scale)
         options = kwargs.get("transformer_options") or {}
         head_dim = q.shape[-1] if skip_reshape else q.shape[-1] // heads
+
+        def default_path():   # the host's function, the logit scale as scaled keys (exact)
+            return func(q, k * scale if scale != 1.0 else k, v, heads, mask=mask, attn_precision=attn_precision,
+                        skip_reshape=skip_reshape, skip_output_reshape=skip_output_reshape, **kwargs)
+
         reason = "an attention mask" if mask is not None else _unsupported(backend, q.dtype, head_dim, q.device)
         if reason is not None:
             state.fallback(reason, options, "cross")
-            if scale != 1.0:
-                k = k * scale
-            return func(q, k, v, heads, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
-                        skip_output_reshape=skip_output_reshape, **kwargs)
+            return default_path()
         if skip_reshape:   # [B, H, L, d]
             qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
         else:              # [B, L, H·d]
@@ -222,10 +224,7 @@ def _kernel_function(func, backend: str, state: _State):
         result = state.run_kernel(backend, "cross", options, key,
                                   lambda: rope_attention(backend, qh, kh, vh, groups=state.table(scale, q.device)))
         if result is None:
-            if scale != 1.0:
-                k = k * scale
-            return func(q, k, v, heads, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
-                        skip_output_reshape=skip_output_reshape, **kwargs)
+            return default_path()
         out = result[0]
         state.fused(options, "cross")
         if skip_output_reshape:
@@ -292,13 +291,16 @@ def _self_attention_forward(module, inner, state: _State):
         if reason is not None:
             state.fallback(reason, options, "self")
             return default(x, freqs, transformer_options=transformer_options)
+
+        def fused_attention():   # projections inside: a shape known to fail costs nothing before the default path
+            q = module.norm_q(module.q(x)).view(b, s, n, d)
+            k = module.norm_k(module.k(x)).view(b, s, n, d)
+            v = module.v(x).view(b, s, n, d)
+            at = positions.to(x.device)
+            return rope_attention(backend, q, k, v, q_positions=at, k_positions=at, rope=state.spec)
+
         key = (backend, "self", (b, s, n, d), (b, s, n, d), str(x.dtype), str(x.device))
-        q = module.norm_q(module.q(x)).view(b, s, n, d)
-        k = module.norm_k(module.k(x)).view(b, s, n, d)
-        v = module.v(x).view(b, s, n, d)
-        positions = positions.to(x.device)
-        result = state.run_kernel(backend, "self", options, key, lambda: rope_attention(
-            backend, q, k, v, q_positions=positions, k_positions=positions, rope=state.spec))
+        result = state.run_kernel(backend, "self", options, key, fused_attention)
         if result is None:
             return default(x, freqs, transformer_options=transformer_options)
         out = result[0]

@@ -68,9 +68,10 @@ def _groups(groups: torch.Tensor | None, length: int, device, n_groups: int, sid
     if groups is not None:
         if groups.shape != (length,):
             raise ValueError(f"{side} group ids have shape {tuple(groups.shape)} for {length} tokens")
-        if length and (int(groups.min()) < 0 or int(groups.max()) >= n_groups):   # the Triton kernel reads unchecked
-            raise ValueError(f"{side} group ids run from {int(groups.min())} to {int(groups.max())}; the logit-scale "
-                             f"table has {n_groups} {side} groups")
+        lowest, highest = (int(groups.min()), int(groups.max())) if length else (0, 0)
+        if lowest < 0 or highest >= n_groups:   # the Triton kernel reads the table unchecked
+            raise ValueError(f"{side} group ids run from {lowest} to {highest}; the logit-scale table has {n_groups} "
+                             f"{side} groups")
         return groups.to(device=device, dtype=torch.int32)
     key = (length, str(device))
     with _cache_lock:
