@@ -286,6 +286,7 @@ def video_codec_round_trip(video: np.ndarray, codec_params: dict, fps: int = 16)
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=int(fps), options=options)
+        stream.codec_context.thread_count = 1   # one bitstream on every machine (threads change how it is cut up)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
