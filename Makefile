@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 FLOOR := UNICASCADE_COMFYUI_DIR=$(CURDIR)/.build/comfyui-floor .venv-floor/bin/python
 
-.PHONY: setup setup-floor demo test test-floor bench bench-floor bench-gpu clean
+.PHONY: setup setup-floor demo test test-floor lint bench bench-floor bench-gpu clean
 
 setup:
 	bash scripts/setup_env.sh main
@@ -17,6 +17,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# ruff (pyproject.toml [tool.ruff]) and the one-way import stack (docs/architecture.md); CI runs it first
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) scripts/check_imports.py
 
 # the suite on ComfyUI 0.3.75, less what `make test` already proved for every host: tests that never reach ComfyUI's
 # code (host_independent) and repeats of a covered host path with more ranks, shards or fault points (host_repeat)

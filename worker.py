@@ -107,7 +107,7 @@ def main(argv=None) -> int:
                 folder_paths.add_model_folder_path(folder, path)
     nodes = importlib.import_module(f"{PACKAGE if not __package__ else __package__}.nodes")
     node_classes = {cls.define_schema().node_id: cls for cls in nodes.node_classes()}
-    worker = importlib.import_module(f"{PACKAGE if not __package__ else __package__}.distributed.worker")
+    worker = importlib.import_module(f"{PACKAGE if not __package__ else __package__}.distributed.rank_worker")
     args.device = "cpu" if cpu else "cuda"
     return worker.run(args, node_classes, os.environ.get("UNICASCADE_TRACE_FILE") or None)
 

@@ -28,7 +28,7 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)
 
 HEADS, HEAD_DIM, TEXT = 12, 128, 512
 ALPHA = 1.3
@@ -101,7 +101,8 @@ def build(frames: int, device: str) -> tuple[dict, object]:
     alpha_table = fused.GroupTable.uniform(ALPHA)
 
     def sdpa(qh, kh, vh):
-        return F.scaled_dot_product_attention(qh.transpose(1, 2), kh.transpose(1, 2), vh.transpose(1, 2)).transpose(1, 2)
+        return F.scaled_dot_product_attention(qh.transpose(1, 2), kh.transpose(1, 2),
+                                              vh.transpose(1, 2)).transpose(1, 2)
 
     def unfused():
         qr, kr = apply_rope1(q, freqs), apply_rope1(k, freqs)

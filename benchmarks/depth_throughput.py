@@ -28,16 +28,11 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)
 
-from harness.paths import use_comfy_in_process  # noqa: E402
+from harness.paths import load_pack, use_comfy_in_process  # noqa: E402
 
 MB = 1024 * 1024
-
-
-def load_pack():
-    from harness.paths import pack_module
-    return pack_module("model_loaders.depth_anything"), pack_module("nodes.depth_estimator")
 
 
 class PeakRSS:
@@ -80,7 +75,8 @@ def main() -> None:
     import folder_paths
     from harness.tiny_depth import PREPROCESSOR, write_depth_anything
 
-    loader, estimator = load_pack()
+    pack = load_pack()
+    loader, estimator = pack("model_loaders.depth_anything"), pack("nodes.depth_estimator")
     root = tempfile.mkdtemp(prefix="depth-bench-")
     write_depth_anything(os.path.join(root, "small-like"), {**PREPROCESSOR, "size": {"height": args.size,
                                                                                     "width": args.size}},

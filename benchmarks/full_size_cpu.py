@@ -23,7 +23,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(REPO, "tests"), REPO, os.path.join(REPO, "benchmarks")]
+sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
 
 WAN21_13B = dict(dim=1536, ffn_dim=8960, num_layers=30)
 WAN21_14B_BLOCK = dict(dim=5120, ffn_dim=13824, num_layers=1)
@@ -73,7 +73,7 @@ def unimmvsr_step(pack, workdir: str, shape: dict = WAN21_13B, frames: int = 5, 
         vae, width, height, id_image_1=torch.rand(1, height, width, 3, generator=g),
         reference_video_1=torch.rand(5, height, width, 3, generator=g)).result[0]
     cond = [[torch.randn(1, TEXT, 4096, generator=g), {}]]
-    guider = pack("nodes.unimmvsr_guider").UniMMVSRGuider.execute(
+    guider = pack("nodes.unimmvsr_guider").UniMMVSRGuiderNode.execute(
         model, cond, cond, lr, 3.0, 1.0, 0.3, width, height, 64, 0, 4, refs).result[0]
     latent_frames = (frames - 1) // 4 + 1
     noise = torch.randn(1, 16, latent_frames, height // 8, width // 8, generator=g)

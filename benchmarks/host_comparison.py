@@ -27,7 +27,7 @@ HOSTS = {"main": (os.path.join(REPO, ".venv", "bin", "python"), os.path.join(REP
 
 def measure(repeats: int, frames: int, size: int, steps: int) -> dict:
     """One host, in this process: seconds per sampling run (plain, TMA) and per UniMMVSR evaluation."""
-    sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
+    sys.path[:0] = [REPO]
     from harness.paths import pack_module, use_comfy_in_process
     use_comfy_in_process()
     import torch
@@ -129,7 +129,8 @@ def main() -> None:
     for name in HOSTS:
         r = results[name][0]
         overheads = [x["tma"] / x["plain"] for x in results[name]]
-        print(f"{name}: ComfyUI {r['version']} (RoPE {'through comfy-kitchen' if r['comfy_kitchen'] else 'in PyTorch'}): "
+        print(f"{name}: ComfyUI {r['version']} "
+              f"(RoPE {'through comfy-kitchen' if r['comfy_kitchen'] else 'in PyTorch'}): "
               f"sampling {spread(name, 'plain')[0]:.2f} s, TMA overhead ×{statistics.median(overheads):.3f} "
               f"({min(overheads):.3f}–{max(overheads):.3f}), UniMMVSR evaluation "
               f"{spread(name, 'unimmvsr')[0] * 1000:.0f} ms")

@@ -3,7 +3,7 @@
 Counted (this script runs the pack's own MfM transformer code at the real sizes on PyTorch's ``meta`` device —
 shapes and dtypes without arithmetic — and follows every tensor the forward allocates, freeing it when its storage
 dies):
-- the parameters of an MfM config (default: the 8B Goku shape of SPEC §2 — 40 blocks, 48 heads × 64, T5 4096 —
+- the parameters of an MfM config (default: the 8B Goku shape of docs/design.md §8 — 40 blocks, 48 heads × 64, T5 4096 —
   or ``--config path/to/transformer/config.json`` of a real folder), per block and in all, in bf16;
 - the high-water mark of live activation tensors of one sampling evaluation at 352×640×97 (25 × 22 × 40 = 22,000
   tokens; batch 2 = CFG's conditional and unconditional branches evaluated together, as ComfyUI does), with flash
@@ -85,7 +85,7 @@ def parameter_bytes(model, dtype_bytes=2) -> tuple[int, int]:
 
 def comfy_memory_usage_factor() -> float:
     """The factor the pack's MfM model config gives ComfyUI (imported the way ComfyUI imports the pack)."""
-    sys.path.insert(0, os.path.join(REPO, "tests"))
+    sys.path.insert(0, REPO)
     sys.path.insert(0, os.path.join(REPO, "scripts"))
     from harness.paths import COMFY_DIR
 
@@ -160,7 +160,8 @@ def main() -> None:
     print(f"           {resident_blocks} of {layers} blocks resident, {layers - resident_blocks} streamed: "
           f"{streamed / GiB:.2f} GiB per step over PCIe 4.0 x16 ≈ {streamed / PCIE_BYTES_PER_S:.2f} s")
     print(f"           compute per step ≈ {flops / 1e12:.0f} TFLOP ≈ {flops / GPU_BF16_FLOPS:.1f} s on an RTX "
-          f"4090-class GPU at 50% of its bf16 peak: streaming {'hides behind' if streamed / PCIE_BYTES_PER_S < flops / GPU_BF16_FLOPS else 'exceeds'} compute")
+          f"4090-class GPU at 50% of its bf16 peak: streaming "
+          f"{'hides behind' if streamed / PCIE_BYTES_PER_S < flops / GPU_BF16_FLOPS else 'exceeds'} compute")
     print(f"           without offload the weights alone ({weight_bytes / GiB:.1f} GiB) + the evaluation "
           f"({activation / GiB:.1f} GiB) {'fit' if weight_bytes + activation < CARD - 1.2 * GiB else 'do not fit'} "
           f"in 24 GiB")

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 LATENT = (1, 16, 5, 32, 48)      # 17 frames of 256×384 pixels
 TEXT = 77
@@ -116,7 +116,8 @@ def main() -> int:
     folder_paths.add_model_folder_path("mfm", os.path.join(base, "models", "mfm"))
     mfm = pack_submodule("unicascade", "model_loaders.mfm_pipeline").load_pipeline_model("bench")
     wan_path = os.path.join(base, "wan.safetensors")
-    save_file({k: v.contiguous() for k, v in build_wan(dim=DIM, num_layers=LAYERS, ffn_dim=4 * DIM).state_dict().items()},
+    save_file({k: v.contiguous()
+               for k, v in build_wan(dim=DIM, num_layers=LAYERS, ffn_dim=4 * DIM).state_dict().items()},
               wan_path)
     import comfy.sd
 

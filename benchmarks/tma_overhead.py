@@ -15,13 +15,9 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)
 
-from harness.paths import pack_module, use_comfy_in_process  # noqa: E402
-
-
-def load_pack():
-    return pack_module("nodes.tma_boost")
+from harness.paths import load_pack, use_comfy_in_process  # noqa: E402
 
 
 def main() -> None:
@@ -38,11 +34,11 @@ def main() -> None:
     import comfy.sd
     from harness.tiny_models import build_wan
 
-    tma_node = load_pack().TemperatureModalityAlignment
+    tma_node = load_pack()("nodes.tma_boost").TemperatureModalityAlignment
     sd = build_wan(dim=512, num_layers=4, ffn_dim=2048, seed=0).state_dict()
     model = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": torch.float32})
     patched = tma_node.execute(model, 0.3, 0.3, "cosine", 0.4, 0.6, "global (from sigma)").result[0]
-    # .venv/bin/python benchmarks/tma_overhead.py --repeats 5  (README figure)
+    # .venv/bin/python benchmarks/tma_overhead.py --repeats 5  (docs/experiments.md)
 
     torch.manual_seed(0)
     t = (args.frames - 1) // 4 + 1
@@ -71,7 +67,8 @@ def main() -> None:
         print(f"  repeat {i}: unpatched {tp:.2f} s, TMA {tt:.2f} s")
     ratio = statistics.median(patched_times) / statistics.median(plain_times)
     change = (out_plain - out_tma).abs().max().item()
-    print(f"median unpatched {statistics.median(plain_times):.2f} s, median TMA {statistics.median(patched_times):.2f} s"
+    print(f"median unpatched {statistics.median(plain_times):.2f} s, "
+          f"median TMA {statistics.median(patched_times):.2f} s"
           f" (per-repeat ratios {min(b / a for a, b in zip(plain_times, patched_times)):.3f}–"
           f"{max(b / a for a, b in zip(plain_times, patched_times)):.3f})")
     print(f"ratio patched/unpatched = {ratio:.3f} (target ≤ 1.03); max |Δ output| = {change:.3g} (TMA is active)")

@@ -73,7 +73,7 @@ tasks = {{ t2v = 1.0 }}
 # -- child processes ------------------------------------------------------------------------------------------------
 def write_workspace(root: str, rank: int) -> None:
     """Parent, VAE, text cache, manifest and config under ``root`` (run in its own process)."""
-    sys.path.insert(0, os.path.join(REPO, "tests"))
+    sys.path.insert(0, REPO)
     from harness.paths import pack_module, use_comfy_in_process
     use_comfy_in_process()
     import torch

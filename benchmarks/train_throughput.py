@@ -25,7 +25,7 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)
 STEPS = 14
 DEMO_STEPS = 36
 TASK_STEPS = 160    # one task per step: a step's cost depends on its task, so more steps and the overall rate
@@ -147,7 +147,8 @@ def main() -> None:
     tokens = 6 * 30 * 52
     for ck in (False, True):
         flops = wan_step_flops(tokens, checkpointing=ck)
-        row = [f"{name}: {flops / (peak * 1e12 * 0.4):.2f} s" for name, peak in (("A100 bf16", 312), ("H100 bf16", 989))]
+        row = [f"{name}: {flops / (peak * 1e12 * 0.4):.2f} s"
+               for name, peak in (("A100 bf16", 312), ("H100 bf16", 989))]
         print(f"  gradient checkpointing {'on ' if ck else 'off'}: {flops / 1e12:.0f} TFLOP/step; at 40% MFU "
               + ", ".join(row))
     print("  with 2 ID images + a 21-frame reference video: tokens ×" f"{(6 + 2 + 6) / 6:.2f} → "

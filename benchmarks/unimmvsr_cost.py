@@ -1,4 +1,4 @@
-"""UniMMVSR cost, measured side by side in one run (SPEC §1; UniMMVSR Table 2, Table 12).
+"""UniMMVSR cost, measured side by side in one run (docs/design.md §4; UniMMVSR Table 2, Table 12).
 
 1. Time per model evaluation with R reference latent frames appended vs none, against the FLOP prediction of
    the added tokens (linear layers grow with N, self-attention with N²): prints measured/predicted.
@@ -17,17 +17,9 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
 sys.path.insert(0, REPO)
 
-
-def load_pack():
-    from harness.paths import use_comfy_in_process
-    use_comfy_in_process()
-    import comfy.cli_args
-    comfy.cli_args.args.use_pytorch_cross_attention = True  # PyTorch SDPA, the usual attention path
-    from harness.paths import pack_module
-    return pack_module
+from harness.paths import load_pack  # noqa: E402
 
 
 def make_upscaler(pack, dim, layers, ffn, path):
@@ -36,7 +28,8 @@ def make_upscaler(pack, dim, layers, ffn, path):
 
     from core.unimmvsr.checkpoint import init_from_t2v
     from harness.tiny_models import build_wan
-    sd, meta = init_from_t2v({k: v.float() for k, v in build_wan(dim=dim, num_layers=layers, ffn_dim=ffn).state_dict().items()})
+    sd, meta = init_from_t2v({k: v.float()
+                              for k, v in build_wan(dim=dim, num_layers=layers, ffn_dim=ffn).state_dict().items()})
     save_file(sd, path, metadata=meta)
     return pack("model_loaders.unimmvsr").load_unimmvsr(path, os.path.basename(path)), torch
 
@@ -48,7 +41,7 @@ def flops(n, d, ffn, ctx, layers):
 
 
 def cost(repeats: int = 5) -> None:
-    pack = load_pack()
+    pack = load_pack(sdpa=True)
     dim, layers, ffn, ctx = 512, 4, 2048, 512
     model, torch = make_upscaler(pack, dim, layers, ffn, "/tmp/unimmvsr_bench.safetensors")
     keys = pack("samplers.unimmvsr_model")
@@ -89,17 +82,17 @@ def cost(repeats: int = 5) -> None:
 
 def memory_child(width: int, height: int) -> None:
     import resource
-    pack = load_pack()
+    pack = load_pack(sdpa=True)
     model, torch = make_upscaler(pack, 128, 2, 256, f"/tmp/unimmvsr_mem_{width}.safetensors")
     import comfy.samplers
-    LRCondition = pack("nodes.unimmvsr_upsampler").LRCondition
+    LRCondition = pack("core.unimmvsr.lr_condition").LRCondition
     from core.unimmvsr.references import Reference
     g = torch.Generator().manual_seed(0)
     shape = (1, 16, 3, height // 8, width // 8)   # 9 frames → 3 latent frames
     lr = LRCondition(torch.randn(shape, generator=g), 600.0)
     refs = [Reference("id_image", torch.randn(1, 16, 1, 64, 64, generator=g))]
     cond = [[torch.randn(1, 64, 4096, generator=g), {}]]
-    guider = pack("nodes.unimmvsr_guider").UniMMVSRGuider.execute(
+    guider = pack("nodes.unimmvsr_guider").UniMMVSRGuiderNode.execute(
         model, cond, cond, lr, 3.0, 1.0, 0.3, 512, 512, 64, 0, 4, refs).result[0]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     noise = torch.randn(shape, generator=g)

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 STEPS = 6
 LATENT = (3, 64, 64)            # latent frames, height, width (Wan 2.1 VAE: 9 frames of 512×512 pixels)
@@ -52,11 +52,11 @@ def sample(ranks: int, pin: bool):
     import torch
     from pack_import import pack_submodule
 
-    loader = pack_submodule("unicascade", "model_loaders.unimmvsr").UniMMVSRLoader
-    guider_node = pack_submodule("unicascade", "nodes.unimmvsr_guider").UniMMVSRGuider
+    loader = pack_submodule("unicascade", "nodes.unimmvsr_loaders").UniMMVSRLoader
+    guider_node = pack_submodule("unicascade", "nodes.unimmvsr_guider").UniMMVSRGuiderNode
     multi_node = pack_submodule("unicascade", "nodes.unimmvsr_multi_gpu").UniMMVSRMultiGPU
     settings = pack_submodule("unicascade", "distributed.settings").MultiGPUSettings
-    LRCondition = pack_submodule("unicascade", "nodes.unimmvsr_upsampler").LRCondition
+    LRCondition = pack_submodule("unicascade", "core.unimmvsr.lr_condition").LRCondition
     model = loader.execute("bench.safetensors").result[0]
     g = torch.Generator().manual_seed(7)
     lr = LRCondition(torch.randn(1, 16, *LATENT, generator=g) * 0.5, 200.0)
@@ -64,9 +64,11 @@ def sample(ranks: int, pin: bool):
     negative = [[torch.randn(1, 12, 4096, generator=g), {}]]
     guider = guider_node.execute(model, positive, negative, lr, 3.0, 0.0, 0, TILE_PX, TILE_PX, OVERLAP_PX, 0,
                                  4).result[0]
-    if ranks > 1:
-        guider = multi_node.execute(guider, ranks, 0, "", "gloo", 600.0).result[0]
-        guider.distributed = settings(local_ranks=ranks, backend="gloo", timeout=600.0, pin_cpus=pin)
+    if ranks > 1:   # the node's settings, with the benchmark's CPU pinning
+        multi_node.execute(guider, ranks, 0, "", "gloo", 600.0)
+        multi_gpu = pack_submodule("unicascade", "distributed.session").MultiGPUWindows
+        guider = guider.with_execution(multi_gpu(settings(local_ranks=ranks, backend="gloo", timeout=600.0,
+                                                          pin_cpus=pin)))
     noise = torch.randn(1, 16, *LATENT, generator=g)
     sigmas = torch.linspace(1.0, 0.0, STEPS + 1)
     # warm-up: one step (model load, worker start, first-call costs)
@@ -74,7 +76,7 @@ def sample(ranks: int, pin: bool):
     t0 = time.perf_counter()
     out = guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"), sigmas, seed=0)
     seconds = (time.perf_counter() - t0) / STEPS
-    session = getattr(guider, "last_session", None)
+    session = getattr(guider.last_run, "session", None)
     parts = {k: v / STEPS for k, v in session.seconds.items()} if session else {"windows": seconds}
     return out, seconds, parts, session.bytes_per_step if session else 0
 

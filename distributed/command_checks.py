@@ -1,4 +1,4 @@
-"""What a multi-GPU worker accepts from the rendezvous (README "Multi-GPU: who can join").
+"""What a multi-GPU worker accepts from the rendezvous (README "4K on many GPUs" → "Who can join"; docs/design.md §13).
 
 Only holders of the pool's secret can write commands, but every holder can (each remote machine has it), so a
 worker still treats each command as input: it replays only the pack's own MODEL nodes, the loader first, with
@@ -80,7 +80,8 @@ def check_inputs(node: str, inputs: dict, schema) -> None:
 
 def _shape(spec, what: str) -> list[int]:
     if not isinstance(spec, dict) or spec.get("dtype") not in DTYPES:
-        raise CommandRefused(f"{what}: a tensor of an unknown dtype {spec.get('dtype') if isinstance(spec, dict) else spec!r}")
+        raise CommandRefused(f"{what}: a tensor of an unknown dtype "
+                             f"{spec.get('dtype') if isinstance(spec, dict) else spec!r}")
     shape = spec.get("shape")
     if (not isinstance(shape, list) or not 1 <= len(shape) <= 6
             or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)):

@@ -169,7 +169,8 @@ class WorkerPool:
             if time.monotonic() > end:
                 missing = [r for r in range(1, self.settings.world_size) if r not in got]
                 kinds = ["local" if r < self.settings.local_ranks else "remote" for r in missing]
-                raise RankFailure(f"UniMMVSR multi-GPU: rank(s) {', '.join(f'{r} ({k})' for r, k in zip(missing, kinds))}"
+                raise RankFailure("UniMMVSR multi-GPU: rank(s) "
+                                  f"{', '.join(f'{r} ({k})' for r, k in zip(missing, kinds))}"
                                   f" did not answer ({what}) within {timeout:.0f} s"
                                   + (" — are the remote workers started with this rendezvous address?"
                                      if what == "join" and any(k == "remote" for k in kinds) else ""))

@@ -1,8 +1,12 @@
 """How a worker rebuilds rank 0's model: the pack's MODEL nodes record what they did (node id + widget values)
-in ``model_options``; a worker replays the loader and each patch node with ComfyUI's own loaders, then compares
-the patch signature of its model with rank 0's — a model patched by anything the recipe does not explain (a
-LoRA, another pack's patch) is refused by name instead of being sampled with different weights on some tiles."""
+in ``model_options`` — their ``execute`` is wrapped by ``records_recipe``, the one place a step is written —; a
+worker replays the loader and each patch node with ComfyUI's own loaders, then compares the patch signature of its
+model with rank 0's — a model patched by anything the recipe does not explain (a LoRA, another pack's patch) is
+refused by name instead of being sampled with different weights on some tiles."""
 from __future__ import annotations
+
+import functools
+import inspect
 
 RECIPE_KEY = "unicascade_recipe"
 
@@ -12,6 +16,24 @@ def record(model, node: str, **inputs) -> None:
     steps = list(model.model_options.get(RECIPE_KEY, []))
     steps.append({"node": node, "inputs": inputs})
     model.model_options[RECIPE_KEY] = steps
+
+
+def records_recipe(execute):
+    """Wraps a MODEL node's ``execute`` (below its @classmethod): the MODEL it returns (its first output) gets one
+    recipe step, the node's id and every input except ``model`` (a worker's ``replay`` calls ``execute`` with them
+    and the model rebuilt so far)."""
+    parameters = inspect.signature(execute)
+
+    @functools.wraps(execute)
+    def wrapper(cls, *args, **kwargs):
+        output = execute(cls, *args, **kwargs)
+        bound = parameters.bind(cls, *args, **kwargs)
+        bound.apply_defaults()
+        inputs = dict(list(bound.arguments.items())[1:])
+        inputs.pop("model", None)
+        record(output.result[0], cls.define_schema().node_id, **inputs)
+        return output
+    return wrapper
 
 
 def recipe_of(model) -> list[dict]:

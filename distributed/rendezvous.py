@@ -1,4 +1,5 @@
-"""The authenticated rendezvous of a multi-GPU UniMMVSR pool (README "Multi-GPU: who can join").
+"""The authenticated rendezvous of a multi-GPU UniMMVSR pool (README "4K on many GPUs" → "Who can join";
+docs/design.md §13).
 
 torch.distributed has no authentication: its ``TCPStore`` accepts anyone who reaches the port, lets them list and
 read every key, and (torch 2.x) listens on the wildcard address whatever host it is given. The pool therefore

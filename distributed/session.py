@@ -36,11 +36,41 @@ def shares_for(evaluator, world_size: int) -> list[list[int]]:
     return balance(costs, world_size)
 
 
-def step_session(guider, evaluator, model_options: dict) -> "Session":
+class MultiGPUWindows:
+    """The guider's window-execution strategy of the UniMMVSR Multi-GPU node (samplers/unimmvsr_guider.py): each
+    step's windows shared among the pool's ranks, blended by one all-reduce."""
+
+    label = "UniMMVSR Multi-GPU"
+    copies = ((),)
+
+    def __init__(self, settings):
+        self.settings = settings   # MultiGPUSettings (distributed/settings.py)
+
+    def open(self, guider, noise) -> "MultiGPURun":
+        return MultiGPURun(self.settings, guider)
+
+
+class MultiGPURun:
+    """One sampler call: the pool's session starts at the first step (when the latent's windows are known)."""
+
+    def __init__(self, settings, guider):
+        self.settings, self.guider, self.session = settings, guider, None
+
+    def predict(self, x, timestep, model_options: dict, sigma: float, u: float, s_ref: float) -> torch.Tensor:
+        if self.session is None:
+            self.session = step_session(self.settings, self.guider, self.guider.evaluator(x.shape), model_options)
+        return self.session.step(x, timestep, sigma, u, s_ref, model_options)
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.finish()   # hands the pool back: a release asked for meanwhile runs now
+
+
+def step_session(settings, guider, evaluator, model_options: dict) -> "Session":
     """The pool's session for one sampler call; ``Session.finish`` hands the pool back (a release requested
     meanwhile happens then)."""
     device = guider.model_patcher.load_device
-    pool = pools.pool_for(guider.distributed, torch.device(device))
+    pool = pools.pool_for(settings, torch.device(device))
     try:
         pool.ensure_model(guider.model_patcher)
         return Session(pool, guider, evaluator, model_options)
@@ -122,7 +152,8 @@ class Session:
             return f"rank 1 made no progress inside {what} for {limit}"
         return None
 
-    def step(self, x: torch.Tensor, timestep, sigma: float, u: float, s_ref: float, model_options: dict) -> torch.Tensor:
+    def step(self, x: torch.Tensor, timestep, sigma: float, u: float, s_ref: float,
+             model_options: dict) -> torch.Tensor:
         pool, guider, evaluator = self.pool, self.guider, self.evaluator
         ch = pool.channel
         pool.step_counter += 1       # store keys of a step are unique in the pool

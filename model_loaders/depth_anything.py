@@ -16,13 +16,10 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
 import torch
-from comfy_api.latest import io
 
 from ..core.depth.preprocess import PreprocessConfig, depth_to_frame_size, preprocess
-from ..core.model_folders import (check_safetensors, fingerprint, list_folders, read_config, resolve,
-                                   signature)
-from ..nodes.naming import category, node_id
-from .transformers_models import check_model_name, choose_dtype, dtype_kwargs, managed, precision_input
+from ..core.model_folders import check_safetensors, list_folders, read_config, resolve, signature
+from .transformers_models import choose_dtype, dtype_kwargs, managed
 
 FOLDER_KEY = "depth_anything"
 MODEL_TYPE = "depth_anything"
@@ -30,11 +27,10 @@ MODEL_TYPE = "depth_anything"
 # head activations (85–170 MB each for 8 frames at 266 px; 21 MB at most for one) are above glibc's 32 MB mmap
 # threshold, so each is mapped afresh and faulted in by the kernel on every call (45k minor faults and 81 ms of
 # system time per frame at batch 8, 2 ms at batch 1) for no gain in compute: batch 8 ran at 0.81× the frames/s of
-# batch 1 on 2 CPU cores (benchmarks/depth_throughput.py; README).
+# batch 1 on 2 CPU cores (benchmarks/depth_throughput.py; docs/experiments.md).
 GPU_BATCH = 8
 CPU_BATCH = 1
 
-DEPTH_MODEL = io.Custom("UNICASCADE_DEPTH_MODEL")
 
 
 @dataclass(eq=False)
@@ -81,7 +77,8 @@ def check_frames(frames) -> None:
     if not isinstance(frames, torch.Tensor):
         raise TypeError(f"images: expected an IMAGE tensor [frames, height, width, 3], got {type(frames).__name__}")
     if frames.ndim != 4:
-        raise ValueError(f"images: expected an IMAGE tensor [frames, height, width, 3], got shape {tuple(frames.shape)}")
+        raise ValueError("images: expected an IMAGE tensor [frames, height, width, 3], "
+                         f"got shape {tuple(frames.shape)}")
     if frames.shape[0] == 0:
         raise ValueError("images: the batch is empty (0 frames), there is nothing to estimate depth from")
     if frames.shape[-1] != 3:
@@ -154,36 +151,3 @@ def _from_pretrained(folder: str, dtype: torch.dtype):
                                                            **dtype_kwargs(dtype))
     except Exception as e:
         raise RuntimeError(f"could not load Depth Anything from {folder}: {e}") from e
-
-
-class DepthAnythingLoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id=node_id("DepthAnythingLoader"),
-            display_name="Depth Anything V2 Loader",
-            category=category("loaders"),
-            description=("Loads a Depth Anything V2 Hugging Face folder (config.json, *.safetensors, "
-                         "preprocessor_config.json; e.g. Depth-Anything-V2-Small-hf) from models/depth_anything "
-                         "for the Depth Estimator and the MfM condition. Safetensors only."),
-            inputs=[
-                io.Combo.Input("model_name", options=list_models(),
-                               tooltip="A sub-folder of models/depth_anything (or of a depth_anything path in "
-                                       "extra_model_paths.yaml) that holds config.json and *.safetensors."),
-                precision_input(),
-            ],
-            outputs=[DEPTH_MODEL.Output(display_name="depth_model")],
-        )
-
-    @classmethod
-    def validate_inputs(cls, model_name=None):
-        return check_model_name(model_name, list_models())
-
-    @classmethod
-    def fingerprint_inputs(cls, model_name, precision):
-        """Stable while the folder's files are unchanged (so ComfyUI's cache is reused); changes when they do."""
-        return model_name, precision, fingerprint(model_name, model_roots())
-
-    @classmethod
-    def execute(cls, model_name, precision) -> io.NodeOutput:
-        return io.NodeOutput(load_depth_model(model_name, precision))

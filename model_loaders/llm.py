@@ -1,6 +1,7 @@
-"""LLM / VLM backends for Pyramid Reflection (UniVid §2.4; SPEC §4): a local transformers model (a Hugging Face
-folder or a GGUF file under ``models/LLM``) wrapped for ComfyUI's memory manager, and an OpenAI-compatible HTTP
-endpoint. Both output a ``UNICASCADE_LLM`` the QA node gives its roles (Actor, Evaluator, Reflector …).
+"""LLM / VLM backends for Pyramid Reflection (UniVid §2.4; docs/design.md §11): a local transformers model (a
+Hugging Face folder or a GGUF file under ``models/LLM``) wrapped for ComfyUI's memory manager, and an
+OpenAI-compatible HTTP endpoint. Both output a ``UNICASCADE_LLM`` the QA node gives its roles (Actor, Evaluator,
+Reflector …).
 
 Local weights: ``*.safetensors`` only for folders (pickled checkpoints are never opened), or one ``.gguf`` file
 (transformers dequantises it; text models only). Vision-language models (e.g. Qwen2.5-VL) are recognised from
@@ -17,23 +18,16 @@ from dataclasses import dataclass
 import comfy.model_management
 import comfy.model_patcher
 import torch
-from comfy_api.latest import io
 
 from ..core.reflection.backend import ChatRequest
-from ..core.reflection.http_chat import ConfigError, OpenAIChat, check_key_env
 from ..core.reflection.images import to_pil
-from ..core.model_folders import (check_gguf, check_safetensors, fingerprint, list_folders, list_gguf,
-                                            read_config, resolve, signature)
-from ..nodes.errors import plain_errors
-from ..nodes.naming import category, node_id
-from .transformers_models import check_model_name, choose_dtype, dtype_kwargs, managed, precision_input
+from ..core.model_folders import (check_gguf, check_safetensors, list_folders, list_gguf, read_config, resolve,
+                                  signature)
+from .transformers_models import choose_dtype, dtype_kwargs, managed
 
 FOLDER_KEY = "LLM"
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
-DEFAULT_URL = "http://127.0.0.1:8080/v1"
-DEFAULT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_BACKOFF = 120.0, 2, 1.0
 
-LLM = io.Custom("UNICASCADE_LLM")
 
 
 # -- local transformers backend -------------------------------------------------------------------------------
@@ -170,98 +164,3 @@ def _from_pretrained(folder: str, gguf: str | None, kind: str, dtype: torch.dtyp
         return AutoModelForImageTextToText.from_pretrained(folder, use_safetensors=True, **common), processor
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, **common), tokenizer
-
-
-class LocalLLMLoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id=node_id("LocalLLMLoader"),
-            display_name="LLM / VLM Loader (local)",
-            category=category("loaders"),
-            description=("Loads a text LLM or a vision-language model (e.g. Qwen2.5-VL) from models/LLM through "
-                         "transformers, for the Pyramid Reflection QA node: a Hugging Face folder (config.json, "
-                         "*.safetensors, tokenizer/processor files) or a .gguf file (text models; dequantised on "
-                         "load). Generation is greedy. Managed by ComfyUI's model memory manager."),
-            inputs=[
-                io.Combo.Input("model_name", options=list_models(),
-                               tooltip="A folder with config.json and *.safetensors, or a .gguf file (also one "
-                                       "folder down), in models/LLM or an LLM path of extra_model_paths.yaml."),
-                precision_input(),
-            ],
-            outputs=[LLM.Output(display_name="llm", tooltip="For the vlm, llm or reflector input of the QA node.")],
-        )
-
-    @classmethod
-    def validate_inputs(cls, model_name=None):
-        return check_model_name(model_name, list_models())
-
-    @classmethod
-    def fingerprint_inputs(cls, model_name, precision):
-        """Stable while the files are unchanged (ComfyUI's cache is reused); changes when they do."""
-        return model_name, precision, fingerprint(model_name, model_roots())
-
-    @classmethod
-    def execute(cls, model_name, precision) -> io.NodeOutput:
-        return io.NodeOutput(load_local(model_name, precision))
-
-
-# -- OpenAI-compatible endpoint -------------------------------------------------------------------------------
-class OpenAICompatibleLLM(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id=node_id("OpenAICompatibleLLM"),
-            display_name="LLM / VLM (OpenAI-compatible endpoint)",
-            category=category("loaders"),
-            description=("A chat model behind an OpenAI-compatible HTTP API (llama.cpp server, vLLM, Ollama, "
-                         "LM Studio, hosted APIs) for the Pyramid Reflection QA node. Frames are sent as image "
-                         "content when 'vision' is on. The API key is read from the environment variable you name "
-                         "here when a request is made; it never appears in the workflow, outputs or logs."),
-            inputs=[
-                io.String.Input("base_url", default=DEFAULT_URL,
-                                tooltip=f"The API root; /chat/completions is appended. Default {DEFAULT_URL} "
-                                        "(a llama.cpp server on this machine)."),
-                io.String.Input("model", default="",
-                                tooltip="Model name sent with each request. Default empty: not sent (servers "
-                                        "with a single model, such as llama.cpp's, ignore it)."),
-                io.String.Input("api_key_env", default="",
-                                tooltip="NAME of the environment variable that holds the API key (e.g. "
-                                        "OPENAI_API_KEY), never the key. Default empty: no key is sent."),
-                io.Boolean.Input("vision", default=True,
-                                 tooltip="Default on: the model takes images (needed for the vlm input: Actor and "
-                                         "frame notes). Off for text-only models (llm and reflector inputs)."),
-                io.Float.Input("timeout", default=DEFAULT_TIMEOUT, min=0.1, max=3600.0, step=0.5,
-                               tooltip=f"Seconds to wait for the server's reply. Default {DEFAULT_TIMEOUT:g}, range "
-                                       "0.1–3600."),
-                io.Int.Input("retries", default=DEFAULT_RETRIES, min=0, max=10,
-                             tooltip=f"Retries after a timeout, a refused connection, HTTP 408/429/5xx. Default "
-                                     f"{DEFAULT_RETRIES}, range 0–10."),
-                io.Float.Input("backoff", default=DEFAULT_BACKOFF, min=0.0, max=60.0, step=0.1,
-                               tooltip=f"Seconds before the first retry, doubling each time (a Retry-After header "
-                                       f"wins). Default {DEFAULT_BACKOFF:g}, range 0–60."),
-                io.Float.Input("temperature", default=0.0, min=0.0, max=2.0, step=0.05,
-                               tooltip="Sampling temperature. Default 0 (most deterministic), range 0–2."),
-            ],
-            outputs=[LLM.Output(display_name="llm", tooltip="For the vlm, llm or reflector input of the QA node.")],
-        )
-
-    @classmethod
-    def validate_inputs(cls, api_key_env=None):
-        """Only api_key_env (see nodes/validation.py): a key pasted there is refused before the prompt is queued
-        and kept in the history. base_url is checked when the node runs."""
-        try:
-            if api_key_env is not None:
-                check_key_env(api_key_env)
-        except ConfigError as e:
-            return str(e)
-        return True
-
-    @classmethod
-    @plain_errors
-    def execute(cls, base_url, model, api_key_env, vision, timeout, retries, backoff,
-                temperature) -> io.NodeOutput:
-        backend = OpenAIChat(base_url=base_url, model=model, api_key_env=api_key_env, vision=vision,
-                             timeout=timeout, retries=retries, backoff=backoff, temperature=temperature)
-        backend.api_key()  # a missing key variable is reported here, before any frame is embedded
-        return io.NodeOutput(backend)

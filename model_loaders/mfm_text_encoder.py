@@ -1,4 +1,4 @@
-"""MfM's text encoder as a ComfyUI CLIP (SPEC §2; fact sheet §5.2): the pipeline's T5 (``text_encoder/``, HF
+"""MfM's text encoder as a ComfyUI CLIP (docs/design.md §8; docs/mfm.md): the pipeline's T5 (``text_encoder/``, HF
 T5EncoderModel names, which ComfyUI's own T5 class shares) and its tokenizer (``tokenizer/``), so core
 ``CLIPTextEncode`` works on it.
 
@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import os
 
+from .mfm_folder import load_state_dict, read_json
+
 log = logging.getLogger("UniCascade")
 MAX_TOKENS = 77
 
 
 def t5_config(folder: str) -> dict:
-    from .mfm_pipeline import read_json
 
     cfg = read_json(os.path.join(folder, "text_encoder", "config.json"), "text_encoder")
     need = ("d_model", "d_ff", "d_kv", "num_heads", "num_layers", "vocab_size")
@@ -118,7 +119,6 @@ def load_text_encoder(folder: str, literal: bool = True):
     import comfy.sd
     import comfy.utils
 
-    from .mfm_pipeline import load_state_dict
 
     config = t5_config(folder)
     tokenizer_dir = os.path.join(folder, "tokenizer")

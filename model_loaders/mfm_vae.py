@@ -1,8 +1,9 @@
-"""MfM's VAE as a ComfyUI VAE (SPEC §2): the pipeline's ``vae/`` folder is a diffusers ``AutoencoderKLCogVideoX``
-(ComfyUI 0.3.75 has no CogVideoX VAE), wrapped in a ModelPatcher so ComfyUI's memory manager loads and offloads it,
-and speaking the VAE interface core ``VAEEncode`` / ``VAEDecode`` and their tiled variants use: IMAGE [F, H, W, 3]
-in [0, 1] ↔ raw latent [1, C, T, H/8, W/8] with T = (F − 1)/4 + 1. The scaling factor is the model's (samplers/
-mfm_model.py applies it through the latent format, as the official pipeline divides by it before decoding).
+"""MfM's VAE as a ComfyUI VAE (docs/design.md §8): the pipeline's ``vae/`` folder is a diffusers
+``AutoencoderKLCogVideoX`` (ComfyUI 0.3.75 has no CogVideoX VAE), wrapped in a ModelPatcher so ComfyUI's memory
+manager loads and offloads it, and speaking the VAE interface core ``VAEEncode`` / ``VAEDecode`` and their tiled
+variants use: IMAGE [F, H, W, 3] in [0, 1] ↔ raw latent [1, C, T, H/8, W/8] with T = (F − 1)/4 + 1. The scaling
+factor is the model's (samplers/mfm_model.py applies it through the latent format, as the official pipeline
+divides by it before decoding).
 diffusers is imported only when a pipeline is loaded.
 """
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import os
 
 import torch
+
+from .mfm_folder import load_state_dict, read_json
 
 
 class _Holder(torch.nn.Module):
@@ -35,7 +38,8 @@ class CogVideoXVAE:
         self.device = comfy.model_management.vae_device()
         self.vae_dtype = next(autoencoder.parameters()).dtype
         self.default_tiling = {k: getattr(autoencoder, k) for k in (   # diffusers' own, what the official run uses
-            "tile_sample_min_height", "tile_sample_min_width", "tile_overlap_factor_height", "tile_overlap_factor_width")}
+            "tile_sample_min_height", "tile_sample_min_width",
+            "tile_overlap_factor_height", "tile_overlap_factor_width")}
         self.patcher = comfy.model_patcher.ModelPatcher(_Holder(autoencoder), load_device=self.device,
                                                         offload_device=comfy.model_management.vae_offload_device())
 
@@ -92,7 +96,8 @@ class CogVideoXVAE:
         """diffusers' own spatial tiling (tile sizes in latent cells, as VAEDecodeTiled passes them)."""
         if tile_x and tile_y:
             factor = (overlap or 0) / max(1, min(tile_x, tile_y))
-            self.model.enable_tiling(tile_sample_min_height=tile_y * self.spatial, tile_sample_min_width=tile_x * self.spatial,
+            self.model.enable_tiling(tile_sample_min_height=tile_y * self.spatial,
+                                     tile_sample_min_width=tile_x * self.spatial,
                                      tile_overlap_factor_height=factor, tile_overlap_factor_width=factor)
         try:
             return self.decode(latent)
@@ -122,8 +127,7 @@ class CogVideoXVAE:
         return self.temporal
 
 
-def load_vae(folder: str) -> CogVideoXVAE:
-    from .mfm_pipeline import load_state_dict, read_json
+def load_mfm_vae(folder: str) -> CogVideoXVAE:
 
     config = read_json(os.path.join(folder, "vae", "config.json"), "vae")
     kind = config.get("_class_name", "AutoencoderKLCogVideoX")

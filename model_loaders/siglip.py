@@ -13,20 +13,16 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
 import torch
-from comfy_api.latest import io
 
-from ..core.model_folders import (check_safetensors, fingerprint, list_folders, read_config, resolve,
-                                            signature)
+from ..core.model_folders import check_safetensors, list_folders, read_config, resolve, signature
 from ..core.reflection.params import EMBED_BATCH
 from ..core.reflection.retrieval import normalize
-from ..nodes.naming import category, node_id
-from .transformers_models import check_model_name, choose_dtype, dtype_kwargs, managed, precision_input
+from .transformers_models import choose_dtype, dtype_kwargs, managed
 
 FOLDER_KEY = "siglip"
 MODEL_TYPES = ("siglip2",)
 TEXT_LENGTH = 64   # SigLIP2's text tower was trained on 64 tokens padded to full length
 
-SIGLIP = io.Custom("UNICASCADE_SIGLIP")
 
 
 @dataclass(eq=False)
@@ -131,35 +127,3 @@ def load_siglip(name: str, precision: str) -> SiglipRetriever:
                                 min(TEXT_LENGTH, int(positions)))
     _LOADED[key] = retriever
     return retriever
-
-
-class SigLIPLoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id=node_id("SigLIPLoader"),
-            display_name="SigLIP2 Loader (keyframe retrieval)",
-            category=category("loaders"),
-            description=("Loads SigLIP2 image and text towers (e.g. siglip2-base-patch16-naflex, as UniVid's "
-                         "reference code) from a Hugging Face folder in models/siglip, for the Pyramid Reflection "
-                         "QA node's frame retrieval. Safetensors only."),
-            inputs=[
-                io.Combo.Input("model_name", options=list_models(),
-                               tooltip="A sub-folder of models/siglip (or a siglip path in extra_model_paths.yaml) "
-                                       "with config.json, *.safetensors, tokenizer and preprocessor files."),
-                precision_input(),
-            ],
-            outputs=[SIGLIP.Output(display_name="siglip")],
-        )
-
-    @classmethod
-    def validate_inputs(cls, model_name=None):
-        return check_model_name(model_name, list_models())
-
-    @classmethod
-    def fingerprint_inputs(cls, model_name, precision):
-        return model_name, precision, fingerprint(model_name, model_roots())
-
-    @classmethod
-    def execute(cls, model_name, precision) -> io.NodeOutput:
-        return io.NodeOutput(load_siglip(model_name, precision))

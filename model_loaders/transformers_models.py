@@ -5,9 +5,8 @@ from __future__ import annotations
 import comfy.model_management
 import comfy.model_patcher
 import torch
-from comfy_api.latest import io
 
-from ..nodes.validation import choice_error, first_error, require_choice
+from ..kit import require_choice
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -38,17 +37,6 @@ def managed(net: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
     offload_device = comfy.model_management.unet_offload_device()
     net = net.to(offload_device).eval().requires_grad_(False)
     return comfy.model_patcher.ModelPatcher(Holder(net), load_device=load_device, offload_device=offload_device)
-
-
-def precision_input():
-    return io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
-                          tooltip="Weights dtype. Default auto: fp16 or bf16 where ComfyUI says the device supports "
-                                  "it, else fp32 (always on a CPU). fp32/fp16/bf16 force one.")
-
-
-def check_model_name(model_name, names: list[str]):
-    """validate_inputs of a loader: the model is listed (the precision is checked when it runs, by choose_dtype)."""
-    return first_error(choice_error("model_name", model_name, names))
 
 
 def dtype_kwargs(dtype: torch.dtype) -> dict:

@@ -1,11 +1,8 @@
-"""UniMMVSR Loader: a UniMMVSR checkpoint (full, or a delta over a Wan T2V checkpoint) as a ComfyUI MODEL."""
+"""Loading UniMMVSR: a UniMMVSR checkpoint (full, or a delta over a Wan T2V checkpoint) as a ComfyUI MODEL (the
+loader node is nodes/unimmvsr_loaders.py; the trainer builds its model here too)."""
 from __future__ import annotations
 
-from comfy_api.latest import io
-
 from ..core.unimmvsr import checkpoint
-from ..distributed.recipe import record
-from ..nodes.naming import category, node_id
 
 
 def read_checkpoint(path: str, name: str) -> tuple[dict, dict]:
@@ -48,7 +45,8 @@ def build_unimmvsr(sd: dict, meta: dict, name: str, model_options: dict | None =
     aug = AugmentationEmbedding(aug_sd["linear_1.weight"].shape[1], aug_sd["linear_1.weight"].shape[0])
     aug.load_state_dict({k: v.float() for k, v in aug_sd.items()})
     if aug.linear_2.weight.shape[0] != dm.dim:
-        raise ValueError(f"{name}: the augmentation embedding is {aug.linear_2.weight.shape[0]} wide, the model {dm.dim}")
+        raise ValueError(f"{name}: the augmentation embedding is {aug.linear_2.weight.shape[0]} wide, "
+                         f"the model {dm.dim}")
     # the sampling shift of the checkpoint (paper 1.0), not ComfyUI's Wan default 8.0: BasicScheduler & co. read it
     sampling = model.get_model_object("model_sampling")
     sampling.set_parameters(shift=shift, multiplier=sampling.multiplier)
@@ -61,31 +59,3 @@ def build_unimmvsr(sd: dict, meta: dict, name: str, model_options: dict | None =
 def load_unimmvsr(path: str, name: str):
     sd, meta = read_checkpoint(path, name)
     return build_unimmvsr(sd, meta, name)
-
-
-class UniMMVSRLoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        import folder_paths
-
-        return io.Schema(
-            node_id=node_id("UniMMVSRLoader"),
-            display_name="UniMMVSR Loader",
-            category=category("loaders"),
-            description="Loads a UniMMVSR upscaler (Wan backbone + LR channels + augmentation embedding) from "
-                        "models/unimmvsr. A delta checkpoint also reads its Wan T2V base from models/diffusion_models. "
-                        "The model samples with the checkpoint's timestep shift (metadata unimmvsr_shift; paper and "
-                        "default 1.0), so schedulers can take it directly — no ModelSamplingSD3 needed.",
-            inputs=[io.Combo.Input("unimmvsr_name", options=folder_paths.get_filename_list("unimmvsr"),
-                                   tooltip="A UniMMVSR checkpoint (.safetensors) in models/unimmvsr.")],
-            outputs=[io.Model.Output(tooltip="The upscaler, with the checkpoint's sampling shift (default 1.0); plug "
-                                             "it into the UniMMVSR Guider and BasicScheduler.")],
-        )
-
-    @classmethod
-    def execute(cls, unimmvsr_name) -> io.NodeOutput:
-        import folder_paths
-
-        model = load_unimmvsr(folder_paths.get_full_path_or_raise("unimmvsr", unimmvsr_name), unimmvsr_name)
-        record(model, node_id("UniMMVSRLoader"), unimmvsr_name=unimmvsr_name)
-        return io.NodeOutput(model)

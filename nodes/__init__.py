@@ -1,7 +1,7 @@
 """ComfyUI nodes of the pack: thin V3 nodes over core/ and samplers/.
 
 Every io.ComfyNode subclass defined in one of NODE_MODULES is registered, its ``execute`` raising the pack's own
-exceptions as plain builtin types (nodes/errors.py) so that users read a message, not a module path.
+exceptions as plain builtin types (kit.py) so that users read a message, not a module path.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import inspect
 
 from comfy_api.latest import ComfyExtension, io
 
-from .errors import plain_errors
+from ..kit import plain_errors
 
 PACK = __name__.rsplit(".", 1)[0]
 
@@ -19,17 +19,14 @@ NODE_MODULES = [
     "nodes.taca_boost",
     "nodes.tma_schedule_preview",
     "nodes.attention_backend",
-    "model_loaders.depth_anything",
     "nodes.depth_estimator",
     "nodes.mfm_condition",
-    "model_loaders.siglip",
-    "model_loaders.llm",
+    "nodes.reflection_models",
     "nodes.pyramid_reflection",
-    "model_loaders.mfm_pipeline",
+    "nodes.mfm_pipeline",
     "nodes.mfm_apply",
     "nodes.mfm_assemble",
-    "model_loaders.unimmvsr",
-    "model_loaders.space_to_depth_vae",
+    "nodes.unimmvsr_loaders",
     "nodes.unimmvsr_upsampler",
     "nodes.unimmvsr_references",
     "nodes.unimmvsr_guider",

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..distributed.recipe import record
+from ..distributed.recipe import records_recipe
 from ..samplers.attention_backends import CHOICES, apply_attention_backend
-from .naming import category, node_id
-from .validation import choice_error, first_error
+from ..kit import category, choice_error, first_error, node_id
 
 
 class AttentionBackend(io.ComfyNode):
@@ -41,7 +40,7 @@ class AttentionBackend(io.ComfyNode):
         return first_error(choice_error("backend", backend, CHOICES))
 
     @classmethod
+    @records_recipe
     def execute(cls, model, backend) -> io.NodeOutput:
         patched, _, _ = apply_attention_backend(model, backend)
-        record(patched, node_id("AttentionBackend"), backend=backend)
         return io.NodeOutput(patched)

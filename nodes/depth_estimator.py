@@ -5,12 +5,12 @@ import comfy.model_management
 from comfy_api.latest import io
 
 from ..core.depth.normalize import NORMALIZATIONS, normalize_depth, preview_image
-from ..model_loaders.depth_anything import CPU_BATCH, DEPTH_MODEL, GPU_BATCH, default_batch_size, estimate_depth
-from .images import rgb_frames
-from .naming import category, node_id
-from .validation import choice_error, first_error
+from ..kit import category, choice_error, first_error, node_id, rgb_frames
+from ..model_loaders import depth_anything
+from ..model_loaders.depth_anything import CPU_BATCH, GPU_BATCH, default_batch_size, estimate_depth
+from .folder_loader import FolderModelLoader
+from .io_types import DEPTH, DEPTH_MODEL
 
-DEPTH = io.Custom("UNICASCADE_DEPTH")
 MAX_BATCH = 256
 
 
@@ -57,3 +57,20 @@ class DepthEstimator(io.ComfyNode):
         images = rgb_frames(images, "images", "Depth Estimator")
         depth = normalize_depth(estimate_depth(depth_model, images, batch_size), normalization, invert, inplace=True)
         return io.NodeOutput(depth, preview_image(depth, normalization))
+
+
+class DepthAnythingLoader(FolderModelLoader):
+    loader_id = "DepthAnythingLoader"
+    loader_title = "Depth Anything V2 Loader"
+    loader_help = ("Loads a Depth Anything V2 Hugging Face folder (config.json, *.safetensors, "
+                   "preprocessor_config.json; e.g. Depth-Anything-V2-Small-hf) from models/depth_anything "
+                   "for the Depth Estimator and the MfM condition. Safetensors only.")
+    model_tooltip = ("A sub-folder of models/depth_anything (or of a depth_anything path in extra_model_paths.yaml) "
+                     "that holds config.json and *.safetensors.")
+    model_roots = staticmethod(depth_anything.model_roots)
+    list_models = staticmethod(depth_anything.list_models)
+    load = staticmethod(depth_anything.load_depth_model)
+
+    @staticmethod
+    def output():
+        return DEPTH_MODEL.Output(display_name="depth_model")

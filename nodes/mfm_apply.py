@@ -1,13 +1,13 @@
 """MfM Apply Condition: the condition builder's unified condition onto the text conditioning of an MfM model
-(MfM §3.1; SPEC §2): the positive branch gets R, G, B, depth, mask and the motion score; the negative branch the
-same with zero depth (the official pipeline zeroes the unconditional branch's depth only)."""
+(MfM §3.1; docs/design.md §9): the positive branch gets R, G, B, depth, mask and the motion score; the negative
+branch the same with zero depth (the official pipeline zeroes the unconditional branch's depth only)."""
 from __future__ import annotations
 
 import torch
 from comfy_api.latest import io
 
-from .mfm_condition import MFM_CONDITION
-from .naming import category, node_id
+from .io_types import MFM_CONDITION
+from ..kit import category, node_id
 
 DEPTH_CHANNEL = 3
 

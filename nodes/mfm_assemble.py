@@ -4,8 +4,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..core.mfm.assembly import assemble
-from .mfm_condition import MFM_CONDITION
-from .naming import category, node_id
+from .io_types import MFM_CONDITION
+from ..kit import category, node_id
 
 
 class MfMAssembleOutput(io.ComfyNode):

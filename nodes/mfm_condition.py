@@ -1,4 +1,4 @@
-"""MfM condition builder: one node for the 16 tasks (MfM §3.1, Fig. 3; SPEC §2), with a Wan VACE bridge."""
+"""MfM condition builder: one node for the 16 tasks (MfM §3.1, Fig. 3; docs/design.md §9), with a Wan VACE bridge."""
 from __future__ import annotations
 
 import logging
@@ -10,19 +10,10 @@ from ..core.mfm.condition import DEPTH_MODES, MASK_SOURCES, build_condition
 from ..core.mfm.fitting import FIT_MODES
 from ..core.mfm.tasks import (CLIP_FRAMES, DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_MOTION,
                               DEFAULT_WIDTH, TASK_LABELS, TASKS, task_from_label)
-from .images import rgb_frames
-from .naming import category, node_id
-from .validation import choice_error, first_error, require_choice
+from ..kit import category, choice_error, first_error, node_id, require_choice, rgb_frames, with_rule
+from .io_types import DEPTH_MODEL, MFM_CONDITION
 
-MFM_CONDITION = io.Custom("UNICASCADE_MFM_CONDITION")
-DEPTH_MODEL = io.Custom("UNICASCADE_DEPTH_MODEL")
 DEFAULT_TASK = next(label for label, key in TASK_LABELS.items() if key == "i2v")
-
-
-def rule(inp, name: str):
-    """Mark a widget with a validation rule the js shows as a hint before queueing."""
-    inp.extra_dict = {**(inp.extra_dict or {}), "unicascade_rule": name}
-    return inp
 
 
 def normalized_preview(depth: torch.Tensor) -> torch.Tensor:
@@ -49,14 +40,14 @@ class MfMConditionBuilder(io.ComfyNode):
                                        "their tag is the pack's guess and no official output exists for them."),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="Your prompt; the task tag and additions are appended as MfM expects."),
-                rule(io.Int.Input("width", default=DEFAULT_WIDTH, min=16, max=8192, step=16,
+                with_rule(io.Int.Input("width", default=DEFAULT_WIDTH, min=16, max=8192, step=16,
                                   tooltip=f"Canvas width, a multiple of 16. Default {DEFAULT_WIDTH}, range 16–8192. "
                                           "Swapped with height for portrait inputs (see swap_portrait)."),
                      "multiple_of_16"),
-                rule(io.Int.Input("height", default=DEFAULT_HEIGHT, min=16, max=8192, step=16,
+                with_rule(io.Int.Input("height", default=DEFAULT_HEIGHT, min=16, max=8192, step=16,
                                   tooltip=f"Canvas height, a multiple of 16. Default {DEFAULT_HEIGHT}, range 16–8192."),
                      "multiple_of_16"),
-                rule(io.Int.Input("frames", default=DEFAULT_FRAMES, min=1, max=1001,
+                with_rule(io.Int.Input("frames", default=DEFAULT_FRAMES, min=1, max=1001,
                                   tooltip=f"Frames of a video task, 4n+1. Default {DEFAULT_FRAMES} (25 latent "
                                           "frames), range 1–1001. Video manipulation tasks use at most this many "
                                           "of the input's first 4n+1 frames."),

@@ -19,12 +19,8 @@ from ..core.reflection.loop import Models, expected_calls, run, sample_pool
 from ..core.reflection.params import (ACCEPT_THRESHOLD, CAPTION_FRAMES, DYNAMIC_SIZES, EMBED_BATCH, IMAGE_MAX_SIDE,
                                       MAX_NEW_TOKENS, MAX_ROUNDS, MMR_LAMBDA, POOL_SIZE, QUESTION_TYPES,
                                       STATIC_SIZES, ReflectionParams, parse_sizes)
-from ..model_loaders.llm import LLM
-from ..model_loaders.siglip import SIGLIP
-from .errors import plain_errors
-from .images import rgb_frames
-from .naming import category, node_id
-from .validation import require_choice
+from ..kit import category, node_id, plain_errors, require_choice, rgb_frames
+from .io_types import LLM, SIGLIP
 from .video import video_frames
 
 EMBEDDINGS = LRUCache(32)   # (siglip, frames digest) -> [N, D]
@@ -138,7 +134,7 @@ class PyramidReflectionQA(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, question=None):
-        """Only the question (see nodes/validation.py); the other values are checked when the node runs, before
+        """Only the question (see kit.py, input rules); the other values are checked when the node runs, before
         any frame is read."""
         if question is not None and not str(question).strip():
             return "question is empty: type what you want to know about the video"

@@ -1,4 +1,4 @@
-"""TACA (Lv et al. 2025) — the joint-attention method TMA adapts — as a MODEL → MODEL patch (SPEC §3)."""
+"""TACA (Lv et al. 2025) — the joint-attention method TMA adapts — as a MODEL → MODEL patch (docs/design.md §10)."""
 from __future__ import annotations
 
 from comfy_api.latest import io
@@ -6,9 +6,7 @@ from comfy_api.latest import io
 from ..core.attention.schedules import DEFAULT_TACA_GAMMA, DEFAULT_TACA_UNTIL, taca_gamma
 from ..samplers.attention_boost import PROGRESS_SOURCES, BoostSchedule, apply_attention_boost
 from ..samplers.model_families import FLUX, require_family
-from .errors import plain_errors
-from .naming import category, node_id
-from .validation import choice_error, first_error
+from ..kit import category, choice_error, first_error, node_id, plain_errors
 
 
 class TextAttentionBoostTACA(io.ComfyNode):

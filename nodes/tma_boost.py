@@ -7,10 +7,8 @@ from ..core.attention.schedules import (DEFAULT_IMG_WINDOW_START, DEFAULT_LAMBDA
                                         DEFAULT_TXT_WINDOW_END, SCHEDULES, alpha_img, alpha_txt)
 from ..samplers.attention_boost import PROGRESS_SOURCES, BoostSchedule, apply_attention_boost
 from ..samplers.model_families import FLUX, MFM, WAN, require_family
-from ..distributed.recipe import record
-from .errors import plain_errors
-from .naming import category, node_id
-from .validation import choice_error, first_error, require_choice
+from ..distributed.recipe import records_recipe
+from ..kit import category, choice_error, first_error, node_id, plain_errors, require_choice
 
 LAMBDA_MAX = 2.0
 
@@ -62,6 +60,7 @@ class TemperatureModalityAlignment(io.ComfyNode):
 
     @classmethod
     @plain_errors
+    @records_recipe
     def execute(cls, model, lambda_txt, lambda_img, schedule, txt_window_end, img_window_start,
                 progress) -> io.NodeOutput:
         require_choice("progress", progress, PROGRESS_SOURCES)
@@ -73,6 +72,4 @@ class TemperatureModalityAlignment(io.ComfyNode):
 
         boost = BoostSchedule(factors=factors, progress_source=progress, label=f"tma-{schedule}")
         patched = apply_attention_boost(model, family, boost)
-        record(patched, node_id("TemperatureModalityAlignment"), lambda_txt=lambda_txt, lambda_img=lambda_img, schedule=schedule,
-               txt_window_end=txt_window_end, img_window_start=img_window_start, progress=progress)
         return io.NodeOutput(patched)

@@ -8,8 +8,7 @@ from comfy_api.latest import io
 from ..core.attention.progress import progress_from_schedule, progress_from_sigma
 from ..core.attention.schedules import (DEFAULT_IMG_WINDOW_START, DEFAULT_LAMBDA_IMG, DEFAULT_LAMBDA_TXT,
                                         DEFAULT_TXT_WINDOW_END, SCHEDULES, alpha_img, alpha_txt)
-from .naming import category, node_id
-from .validation import choice_error, first_error
+from ..kit import category, choice_error, first_error, node_id
 
 WIDTH, HEIGHT, MARGIN = 512, 256, 28
 

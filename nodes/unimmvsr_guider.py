@@ -7,14 +7,13 @@ from comfy_api.latest import io
 
 from ..core.unimmvsr.guidance import DEFAULT_REFERENCE_END, DEFAULT_REFERENCE_SCALE, DEFAULT_TEXT_SCALE
 from ..samplers.unimmvsr_model import config_of
-from .naming import category, node_id
-from .unimmvsr_references import REFERENCES
-from .unimmvsr_upsampler import LR_CONDITION
+from ..kit import category, node_id
+from .io_types import LR_CONDITION, REFERENCES
 
 log = logging.getLogger("UniCascade")
 
 
-class UniMMVSRGuider(io.ComfyNode):
+class UniMMVSRGuiderNode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -1,12 +1,12 @@
 """UniMMVSR Multi-GPU: the guider's windows spread over torch.distributed ranks (README "4K on many GPUs")."""
 from __future__ import annotations
 
-import copy
-
 from comfy_api.latest import io
 
+from ..distributed.session import MultiGPUWindows
 from ..distributed.settings import MultiGPUSettings
-from .naming import category, node_id
+from ..kit import category, node_id
+from ..samplers.unimmvsr_guider import LocalWindows, UniMMVSRGuider
 
 
 class UniMMVSRMultiGPU(io.ComfyNode):
@@ -56,13 +56,8 @@ class UniMMVSRMultiGPU(io.ComfyNode):
 
     @classmethod
     def execute(cls, guider, local_ranks, remote_ranks, rendezvous, backend, timeout_seconds) -> io.NodeOutput:
-        from ..samplers.unimmvsr_guider import UniMMVSRGuider
-
         if not isinstance(guider, UniMMVSRGuider):
             raise ValueError(f"guider: a UniMMVSR Guider is needed, got {type(guider).__name__}")
-        if len(guider.ensemble) > 1:
-            raise ValueError("guider: it averages copies (UniMMVSR Self-Ensemble), which cannot be combined with "
-                             "UniMMVSR Multi-GPU yet: use one")
         settings = MultiGPUSettings(local_ranks=local_ranks, remote_ranks=remote_ranks, rendezvous=rendezvous.strip(),
                                     backend=backend, timeout=float(timeout_seconds))
         settings.validate()
@@ -70,9 +65,8 @@ class UniMMVSRMultiGPU(io.ComfyNode):
             from ..distributed.rendezvous import secret_from_environment
 
             secret_from_environment("remote_ranks > 0")
-        spread = copy.copy(guider)
-        spread.distributed = settings if settings.world_size > 1 else None
-        return io.NodeOutput(spread)
+        execution = MultiGPUWindows(settings) if settings.world_size > 1 else LocalWindows()
+        return io.NodeOutput(guider.with_execution(execution))
 
 
 _routes_registered = False

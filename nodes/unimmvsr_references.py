@@ -6,11 +6,10 @@ import logging
 from comfy_api.latest import io
 
 from ..core.unimmvsr.references import ID_IMAGE, REFERENCE_VIDEO, Reference, pad_to, usable_video_frames
-from .images import rgb_frames
-from .naming import category, node_id
-from .mfm_condition import rule
+from ..core.unimmvsr.lr_condition import vae_factors
+from ..kit import category, node_id, rgb_frames, with_rule
+from .io_types import REFERENCES
 
-REFERENCES = io.Custom("UNIMMVSR_REFERENCES")
 MAX_ID_IMAGES = 8
 MAX_VIDEOS = 4
 log = logging.getLogger("UniCascade")
@@ -35,18 +34,19 @@ class UniMMVSRReferences(io.ComfyNode):
                          "A new input appears when the last one is connected."),
             inputs=[
                 io.Vae.Input("vae", tooltip="The upscaler's VAE."),
-                rule(io.Int.Input("width", default=1280, min=16, max=8192, step=16,
+                with_rule(io.Int.Input("width", default=1280, min=16, max=8192, step=16,
                                   tooltip="Pixel width of the window the references are padded to. Default 1280, "
                                           "range 16–8192: the HR width, or the tile width when tiling."),
                      "multiple_of_16"),
-                rule(io.Int.Input("height", default=720, min=16, max=8192, step=16,
+                with_rule(io.Int.Input("height", default=720, min=16, max=8192, step=16,
                                   tooltip="Pixel height of that window. Default 720, range 16–8192."),
                      "multiple_of_16"),
                 *[dynamic(io.Image.Input(f"id_image_{i}", optional=True,
                                          tooltip="ID image(s): every image of the batch is one identity reference."),
                           "id_image") for i in range(1, MAX_ID_IMAGES + 1)],
                 *[dynamic(io.Image.Input(f"reference_video_{i}", optional=True,
-                                         tooltip="A reference video (its frames); the first 4n+1 frames are used (Wan VAEs)."),
+                                         tooltip="A reference video (its frames); the first 4n+1 frames are used "
+                                                 "(Wan VAEs)."),
                           "reference_video") for i in range(1, MAX_VIDEOS + 1)],
             ],
             outputs=[REFERENCES.Output(display_name="references")],
@@ -54,7 +54,6 @@ class UniMMVSRReferences(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, width, height, **inputs) -> io.NodeOutput:
-        from .unimmvsr_upsampler import vae_factors
 
         spatial, temporal = vae_factors(vae)
         if width % spatial or height % spatial:

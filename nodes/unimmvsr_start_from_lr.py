@@ -6,8 +6,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..samplers.unimmvsr_model import config_of
-from .naming import category, node_id
-from .unimmvsr_upsampler import LR_CONDITION
+from ..kit import category, node_id
+from .io_types import LR_CONDITION
 
 
 class LRStart:

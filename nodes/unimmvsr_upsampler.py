@@ -3,37 +3,17 @@ interpolate latents"). The clean latent travels with the augmentation timestep a
 the model's own latent space (core.unimmvsr.augmentation.lr_condition), where the forward process is defined."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from comfy_api.latest import io
 
 from ..core.autoencoders.space_to_depth import SpaceToDepthVAE
 from ..core.unimmvsr.augmentation import FIDELITY, REFERENCE_TASKS, sigma_of
 from ..core.unimmvsr.upsampling import upscale_frames
-from .images import rgb_frames
-from .mfm_condition import rule
-from .naming import category, node_id
+from ..core.unimmvsr.lr_condition import LRCondition, vae_factors
+from ..kit import category, node_id, rgb_frames, with_rule
+from .io_types import LR_CONDITION
 
-LR_CONDITION = io.Custom("UNIMMVSR_LR")
 VAE_TILE_ABOVE = 1024 * 1024  # pixels per frame above which the VAE runs tiled
-
-
-@dataclass
-class LRCondition:
-    latent: torch.Tensor        # [1, C, T, H/s, W/s]: the clean VAE latent (raw, not normalised, not noised)
-    aug_t: float                # augmentation timestep, 0…1000
-    seed: int = 0               # seed of the augmentation noise
-    spatial_factor: int = 8     # the VAE's spatial compression (8: Wan 2.1, 16: Wan 2.2)
-    temporal_factor: int = 4    # the VAE's temporal compression (frames = (latent frames − 1)·t + 1)
-    space_to_depth: int = 0     # the space-to-depth VAE's factor (its latent flips exactly: self-ensemble); 0 = other
-
-
-def vae_factors(vae) -> tuple[int, int]:
-    """(spatial, temporal) compression of a ComfyUI VAE, read from the VAE itself (never Wan 2.1 constants)."""
-    spatial = int(vae.spacial_compression_encode())
-    temporal = vae.temporal_compression_decode()
-    return spatial, int(temporal or 1)
 
 
 class UniMMVSRUpsampler(io.ComfyNode):
@@ -49,10 +29,10 @@ class UniMMVSRUpsampler(io.ComfyNode):
                          "to sample."),
             inputs=[
                 io.Vae.Input("vae", tooltip="The upscaler's VAE (Wan 2.1 or 2.2, matching the upscaler)."),
-                rule(io.Int.Input("width", default=1920, min=16, max=8192, step=16,
+                with_rule(io.Int.Input("width", default=1920, min=16, max=8192, step=16,
                                   tooltip="Target width. Default 1920, range 16–8192 (3840 for 4K)."),
                      "multiple_of_16"),
-                rule(io.Int.Input("height", default=1088, min=16, max=8192, step=16,
+                with_rule(io.Int.Input("height", default=1088, min=16, max=8192, step=16,
                                   tooltip="Target height. Default 1088, range 16–8192 (2160 for 4K)."),
                      "multiple_of_16"),
                 io.Int.Input("augmentation", default=REFERENCE_TASKS, min=0, max=1000,
@@ -85,7 +65,8 @@ class UniMMVSRUpsampler(io.ComfyNode):
         if (frames.shape[0] - 1) % temporal:
             raise ValueError(f"the LR video has {frames.shape[0]} frames; this VAE needs {temporal}n+1")
         if width % spatial or height % spatial:
-            raise ValueError(f"width and height: {width}×{height} is not a multiple of this VAE's {spatial}× compression")
+            raise ValueError(f"width and height: {width}×{height} is not a multiple of this VAE's "
+                             f"{spatial}× compression")
         sigma_of(augmentation)
         hr = upscale_frames(frames, width, height)
         if width * height > VAE_TILE_ABOVE:

@@ -1,7 +1,7 @@
 """Runs a Wan model's attention on the pack's fused kernels (core.attention.fused): RoPE applied inside the
 kernel from per-token positions, TMA's α applied to the logits by the kernel's group table.
 
-How the kernels are reached, through patch points Wan honours (SPEC §5):
+How the kernels are reached, through patch points Wan honours (docs/design.md §12):
 
 1. Self-attention: every ``WanSelfAttention`` module gets an object patch of ``forward`` that computes q, k, v
    (projections and RMSNorm, as Wan does) but does *not* apply ``apply_rope1``: the unrotated q, k go to the kernel
@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.attention.fused import (SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, GroupTable, flex_status,
-                                    interpreter_enabled, rope_attention, triton_status)
+from ..core.attention.backend_status import flex_status, interpreter_enabled, triton_status
+from ..core.attention.fused import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, GroupTable, rope_attention
 from ..core.attention.rope3d import RopeSpec, positions_from_freqs
 from .attention_boost import LOGIT_SCALE_AWARE, LOGIT_SCALE_KW, OURS as BOOST_MARK, TRACE_ENV
 from .model_families import WAN, attention_family, describe
@@ -278,7 +278,8 @@ def _self_attention_forward(module, inner, state: _State):
         if reason is None and inner is not None:
             reason = "another node patched this self-attention's forward (its own RoPE pass is kept)"
         if reason is None and (options.get("patches") or {}).get("attn1_patch"):
-            reason = "an attn1_patch is set (newer ComfyUI's Wan hands it the rotated q/k, which the kernel never forms)"
+            reason = ("an attn1_patch is set (newer ComfyUI's Wan hands it the rotated q/k, which the kernel "
+                      "never forms)")
         if reason is None:
             other = foreign_override(options.get("optimized_attention_override"))
             if other is not None:

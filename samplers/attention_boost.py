@@ -1,6 +1,6 @@
 """Installs a timestep-scheduled attention-logit boost on a cloned ComfyUI model (UniVid §2.3 TMA, TACA).
 
-How it reaches the logits, through patch points Wan and Flux honour (SPEC §5), on every attention backend:
+How it reaches the logits, through patch points Wan and Flux honour (docs/design.md §12), on every attention backend:
 
 1. An APPLY_MODEL wrapper computes the boost once per model call from the call's own σ, so the conditional
    and unconditional batches of a step always share it, and stores it in ``transformer_options``.

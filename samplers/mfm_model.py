@@ -1,5 +1,5 @@
-"""MfM as a ComfyUI model (SPEC §2): a ``BaseModel`` of flow type whose diffusion model is core.mfm's transformer,
-so core samplers, schedulers, previews and ComfyUI's memory manager treat it like any built-in model.
+"""MfM as a ComfyUI model (docs/design.md §8): a ``BaseModel`` of flow type whose diffusion model is core.mfm's
+transformer, so core samplers, schedulers, previews and ComfyUI's memory manager treat it like any built-in model.
 
 - Sampling: ``ModelSamplingDiscreteFlow`` with the pipeline scheduler's shift, multiplier 1000 — the transformer
   receives σ·1000, as the official pipeline passes its FlowMatchEuler timesteps.

@@ -1,5 +1,5 @@
 """Sampling UniMMVSR: independent text/reference CFG with the reference guidance threshold (A.3, eq. 2–3), the
-noise-augmented LR condition and its micro-condition (§3.2), and tiled denoising for 4K (SPEC §1).
+noise-augmented LR condition and its micro-condition (§3.2), and tiled denoising for 4K (docs/design.md §3–4).
 
 Each step evaluates, per window, the full condition (text + references), the text-free one (∅_txt + references)
 and — while s_ref is on and references exist — the reference-free one (text, no references): three evaluations,
@@ -14,16 +14,20 @@ then two. The three are separate model calls because a reference-free sequence i
 - Windows: the whole latent, or spatial tiles × temporal chunks blended with feathered weights
   (core.unimmvsr.tiling); each window carries its slice of the LR condition and all reference tokens, so memory is
   bounded by the window. A ProgressBar counts windows × steps (it is also where Stop takes effect).
-- Self-ensemble (the UniMMVSR Self-Ensemble node sets ``ensemble``): each step runs on flipped/transposed copies
+- Window execution is a strategy the guider is given (``with_execution``): ``LocalWindows`` (this process; the
+  default), ``SelfEnsembleWindows`` and the multi-GPU one (distributed/session.py ``MultiGPUWindows``). A strategy
+  holds settings only; ``open`` makes the state of one sampler call, which ``predict`` and ``close`` use.
+- Self-ensemble (the UniMMVSR Self-Ensemble node): each step runs on flipped/transposed copies
   of the latent, the LR condition and the references and averages the outputs flipped back
   (core.unimmvsr.self_ensemble). The flips are pixel flips, exact in the space-to-depth latent; the sampled latent
   moves through the latent format's process_latent_out/in, which is exact when sampling starts from the LR (checked
   when sampling starts), the LR condition is flipped clean and noised with flipped noise.
-- Several ranks (the UniMMVSR Multi-GPU node sets ``distributed``): the windows of a step are shared among
+- Several ranks (the UniMMVSR Multi-GPU node): the windows of a step are shared among
   torch.distributed ranks (distributed/pool.py); the blend is the same Σ w·x̂ / Σ w, reduced once per step.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -39,6 +43,48 @@ from .unimmvsr_windows import WindowEvaluator
 
 log = logging.getLogger("UniCascade")
 
+
+class LocalWindows:
+    """Every window of every step evaluated in this process, for the input and each self-ensemble copy (``copies``,
+    core.unimmvsr.self_ensemble; ((),) = the input alone), the copies averaged in the input's frame."""
+
+    label = "one process"
+
+    def __init__(self, copies: tuple = ((),)):
+        self.copies = tuple(copies)
+
+    def open(self, guider, noise: torch.Tensor) -> "LocalRun":
+        if len(self.copies) > 1:
+            guider.check_self_ensemble(noise)
+        return LocalRun(guider, self.copies)
+
+
+class SelfEnsembleWindows(LocalWindows):
+    """The self-ensemble: the input's windows and those of its flipped/transposed copies, averaged."""
+
+    label = "UniMMVSR Self-Ensemble"
+
+
+class LocalRun:
+    """One sampler call of ``LocalWindows``."""
+
+    def __init__(self, guider, copies: tuple):
+        self.guider, self.copies = guider, copies
+
+    def predict(self, x, timestep, model_options: dict, sigma: float, u: float, s_ref: float) -> torch.Tensor:
+        guider, total = self.guider, None
+        for ops in self.copies:
+            x_copy = guider.to_copy(x, ops) if ops else x
+            out = guider.denoise_windows(guider.evaluator(x_copy.shape, ops), x_copy, timestep, model_options, sigma,
+                                         u, s_ref, ops)
+            out = guider.from_copy(out, ops) if ops else out
+            total = out if total is None else total + out
+        return total / len(self.copies)
+
+    def close(self) -> None:
+        pass
+
+
 class UniMMVSRGuider(comfy.samplers.CFGGuider):
     def configure(self, *, lr_condition, references: list | None, text_scale: float, reference_scale: float,
                   reference_end: float, config, tile: tuple[int, int, int] | None, overlap: tuple[int, int, int]):
@@ -50,26 +96,38 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
         self.config = config
         self.tile = tile
         self.overlap = overlap
-        self.distributed = None   # MultiGPUSettings (distributed/settings.py) from the UniMMVSR Multi-GPU node
-        self.ensemble = ((),)      # the self-ensemble's copies (core.unimmvsr.self_ensemble) from its node
+        self.execution = LocalWindows()
         self.progress = None
         self._condition = None
         self._evaluators = {}
-        self._session = None
+        self._run = None
+        self.last_run = None
         self.trace = os.environ.get(TRACE_ENV) or None
+
+    @property
+    def copies(self) -> tuple:
+        """The self-ensemble copies each step evaluates (((),) = the input alone)."""
+        return getattr(self.execution, "copies", ((),))
+
+    def with_execution(self, execution) -> "UniMMVSRGuider":
+        """A copy of this guider whose windows run through ``execution`` (the cached input guider is untouched).
+        Strategies do not stack: a guider given one already refuses another."""
+        if type(self.execution) is not LocalWindows or len(self.execution.copies) > 1:
+            raise ValueError(f"guider: it already runs through {self.execution.label}, which cannot be combined with "
+                             f"{execution.label} yet: use one")
+        out = copy.copy(self)
+        out.execution, out._evaluators, out._run, out.last_run = execution, {}, None, None
+        return out
 
     def sample(self, *args, **kwargs):
         # one progress bar and one set of conditions per sampler call (a cached guider serves several prompts)
-        self.progress, self._evaluators, self._session = None, {}, None
-        if len(self.ensemble) > 1:
-            self.check_self_ensemble(kwargs["noise"] if "noise" in kwargs else args[0])
+        self.progress, self._evaluators = None, {}
+        self._run = self.execution.open(self, kwargs["noise"] if "noise" in kwargs else args[0])
         try:
             return super().sample(*args, **kwargs)
         finally:
-            if self._session is not None:
-                self._session.finish()           # hands the pool back: a release asked for meanwhile runs now
-            self.last_session = self._session   # its timings and byte counts (benchmarks)
-            self._evaluators, self._session = {}, None
+            self._run.close()                   # multi-GPU: hands the pool back (a release asked for meanwhile runs)
+            self.last_run, self._run, self._evaluators = self._run, None, {}   # timings and byte counts (benchmarks)
 
     # -- the LR condition in the model's latent space, noised there (once per guider) --------------------
     def model_space_condition(self, ops: tuple[str, ...] = ()) -> torch.Tensor:
@@ -109,12 +167,14 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
         """A model-space latent as the copy ``ops`` sees it: un-normalised, flipped, normalised again. Exact for
         every affine combination of clean latents — all the latents a sampler makes when it starts from the LR."""
         m = self.inner_model
-        return m.process_latent_in(self_ensemble.forward(m.process_latent_out(x), ops, self.lr_condition.space_to_depth))
+        return m.process_latent_in(self_ensemble.forward(m.process_latent_out(x), ops,
+                                                         self.lr_condition.space_to_depth))
 
     def from_copy(self, x: torch.Tensor, ops: tuple[str, ...]) -> torch.Tensor:
         """A copy's model-space prediction back in the input's frame (``to_copy`` undone)."""
         m = self.inner_model
-        return m.process_latent_in(self_ensemble.inverse(m.process_latent_out(x), ops, self.lr_condition.space_to_depth))
+        return m.process_latent_in(self_ensemble.inverse(m.process_latent_out(x), ops,
+                                                         self.lr_condition.space_to_depth))
 
     def check_self_ensemble(self, noise: torch.Tensor) -> None:
         """Refuses copies that would not be exact. A latent format that normalises each channel with its own mean
@@ -125,9 +185,10 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
         probe = torch.randn(*self.lr_condition.latent.shape[:2], 1, 2, 2, generator=torch.Generator().manual_seed(0))
         commutes = all(torch.allclose(base.process_latent_in(self_ensemble.forward(base.process_latent_out(probe), ops,
                                                                                    factor)),
-                                      self_ensemble.forward(probe, ops, factor), atol=1e-5) for ops in self.ensemble)
+                                      self_ensemble.forward(probe, ops, factor), atol=1e-5) for ops in self.copies)
         start = base.process_latent_in(self.lr_condition.latent.float())
-        from_lr = tuple(noise.shape) == tuple(start.shape) and torch.allclose(noise.float().cpu(), start.cpu(), atol=1e-4)
+        from_lr = (tuple(noise.shape) == tuple(start.shape)
+                   and torch.allclose(noise.float().cpu(), start.cpu(), atol=1e-4))
         if not (commutes or from_lr):
             raise ValueError("UniMMVSR Self-Ensemble: this model's latent format normalises each channel with its own "
                              "mean and std, so a flipped copy of Gaussian noise would be rescaled channel by channel; "
@@ -154,21 +215,8 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
         wins = evaluator.windows()
         if self.progress is None:
             steps = max(1, len(model_options.get("transformer_options", {}).get("sample_sigmas", [0, 0])) - 1)
-            self.progress = comfy.utils.ProgressBar(steps * len(wins) * len(self.ensemble))
-        if self.distributed is not None:
-            from ..distributed.session import step_session
-
-            if self._session is None:
-                self._session = step_session(self, evaluator, model_options)
-            return self._session.step(x, timestep, sigma, u, s_ref, model_options).to(x.dtype)
-        total = None
-        for ops in self.ensemble:   # the self-ensemble's copies (one without its node), averaged in the input's frame
-            x_copy = self.to_copy(x, ops) if ops else x
-            out = self.denoise_windows(self.evaluator(x_copy.shape, ops), x_copy, timestep, model_options, sigma, u,
-                                       s_ref, ops)
-            out = self.from_copy(out, ops) if ops else out
-            total = out if total is None else total + out
-        return (total / len(self.ensemble)).to(x.dtype)
+            self.progress = comfy.utils.ProgressBar(steps * len(wins) * len(self.copies))
+        return self._run.predict(x, timestep, model_options, sigma, u, s_ref).to(x.dtype)
 
     def denoise_windows(self, evaluator: WindowEvaluator, x, timestep, model_options: dict, sigma: float, u: float,
                         s_ref: float, ops: tuple[str, ...]) -> torch.Tensor:
@@ -179,6 +227,6 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
             blend.add(win, out, evaluator.weights(win))
             self.record(event="unimmvsr", sigma=sigma, u=u, window=[win.t0, win.y0, win.x0],
                         window_size=[win.t1 - win.t0, win.y1 - win.y0, win.x1 - win.x0], evaluations=evaluations,
-                        s_ref=s_ref, rank=0, **({"copy": list(ops)} if len(self.ensemble) > 1 else {}))
+                        s_ref=s_ref, rank=0, **({"copy": list(ops)} if len(self.copies) > 1 else {}))
             self.progress.update(1)
         return blend.result()

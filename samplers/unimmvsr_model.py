@@ -1,4 +1,4 @@
-"""UniMMVSR on a ComfyUI Wan model (UniMMVSR §3.2; SPEC §1, §5 "extension points").
+"""UniMMVSR on a ComfyUI Wan model (UniMMVSR §3.2; docs/design.md §2, §12).
 
 The Wan backbone is ComfyUI's own (loaded by its loader, managed by its memory manager); the UniMMVSR parts are
 attached to it: the augmentation-timestep embedding as a sub-module of the diffusion model (so it moves and

@@ -1,17 +1,19 @@
 """The pack's import direction (docs/architecture.md): every import between the pack's own modules, at file level or
 inside a function, must point down the stack, and no modules may import each other in a cycle.
 
-    python scripts/check_imports.py            # prints the folder drawing's arrows; exit 1 on an upward import or a cycle
+    python scripts/check_imports.py            # prints the folder drawing's arrows; exit 1 on an upward import
+                                               # or a cycle
     python scripts/check_imports.py --modules  # also every module-level edge
 
 Layers, top to bottom (a module may import its own layer or any layer below it, never one above):
-    nodes/  (and the pack's entry points: __init__.py, worker.py)
-    training/
-    distributed/
-    samplers/
-    model_loaders/
-    kit/       (node-kit helpers shared by everything that talks to users: errors, names, input rules)
-    core/      (pure PyTorch: no ComfyUI, no pack module outside core/)
+    nodes/          the ComfyUI nodes (thin V3 interfaces); above them only the pack's entry points
+                    (__init__.py, worker.py)
+    training/       the UniMMVSR trainer
+    distributed/    multi-GPU sampling (rendezvous, worker pool, the guider's multi-GPU strategy)
+    model_loaders/  loading functions: files → ComfyUI objects (no nodes)
+    samplers/       what ComfyUI samples with: model patches, guiders, attention backends
+    kit.py          the node kit: identity, errors, input rules, the IMAGE rule
+    core/           pure PyTorch: no ComfyUI, no pack module outside core/
 """
 from __future__ import annotations
 
@@ -22,9 +24,9 @@ import sys
 from collections import defaultdict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAYERS = ["nodes", "training", "distributed", "samplers", "model_loaders", "kit", "core"]
+LAYERS = ["nodes", "training", "distributed", "model_loaders", "samplers", "kit", "core"]
 ENTRY_POINTS = {"__init__", "worker"}   # the package itself and the worker command: above every layer
-SKIP = {"tests", "benchmarks", "scripts", "docs", "demo", ".venv", ".venv-floor", ".build", ".cache", "js"}
+SKIP = {"tests", "harness", "benchmarks", "scripts", "docs", "demo", ".venv", ".venv-floor", ".build", ".cache", "js"}
 
 
 def pack_modules(root: str = REPO) -> dict[str, str]:
@@ -63,7 +65,8 @@ def resolve(module: str, is_package: bool, node: ast.ImportFrom | ast.Import, mo
             base = ".".join(parts + ([node.module] if node.module else []))
         else:
             base = node.module or ""
-        base_names = [f"{base}.{a.name}" if base else a.name for a in node.names] + [base]
+        submodules = [f"{base}.{a.name}" if base else a.name for a in node.names]
+        base_names = [n for n in submodules if n in modules] or [base]   # `from pkg import module` names the module
     for name in base_names:
         if name in modules:
             targets.append(name)
@@ -149,11 +152,48 @@ def folder_arrows(edges) -> dict[tuple[str, str], int]:
     return dict(arrows)
 
 
+def longest_chain(edges, start: str) -> list[str]:
+    """The longest chain of imports (no module twice) that starts at ``start``: how far a reader following the
+    imports of one module may have to go. Exhaustive over simple paths (the pack's graph is small)."""
+    graph = defaultdict(set)
+    for src, dst in edges:
+        graph[src].add(dst)
+    best: list[str] = [start]
+
+    def walk(path: list[str], seen: set) -> None:
+        nonlocal best
+        if len(path) > len(best):
+            best = list(path)
+        for nxt in sorted(graph[path[-1]]):
+            if nxt not in seen:
+                seen.add(nxt)
+                path.append(nxt)
+                walk(path, seen)
+                path.pop()
+                seen.discard(nxt)
+
+    walk([start], {start})
+    return best
+
+
+def climbs(chain: list[str]) -> int:
+    """Steps of a chain that go up the stack."""
+    return sum(1 for a, b in zip(chain, chain[1:])
+               if layer_of(a) != -1 and layer_of(b) != -1 and layer_of(b) < layer_of(a))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--modules", action="store_true", help="also print every module-level edge")
+    parser.add_argument("--chain", metavar="MODULE", help="print the longest import chain from MODULE "
+                                                          "(e.g. samplers.unimmvsr_guider) and its upward steps")
+    parser.add_argument("--root", default=REPO, help="the pack's folder (default: this repository)")
     args = parser.parse_args()
-    edges = import_edges()
+    edges = import_edges(args.root)
+    if args.chain:
+        chain = longest_chain(edges, args.chain)
+        print(f"longest import chain from {args.chain}: {len(chain)} modules, {climbs(chain)} upward steps")
+        print("  " + " → ".join(chain))
     print("folder arrows (importer → imported: module pairs):")
     for (a, b), n in sorted(folder_arrows(edges).items(), key=lambda kv: (layer_of(kv[0][0]), kv[0])):
         mark = "  UP" if layer_of(a) != -1 and layer_of(b) < layer_of(a) else ""

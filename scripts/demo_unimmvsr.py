@@ -63,7 +63,8 @@ def eval_crops(max_crops: int | None = None) -> list[dict]:
                 id_t = start + FRAMES + GAP if after else start - GAP - 1
                 ref_t = start + FRAMES + GAP if after else start - GAP - FRAMES
                 oy, ox = int(rng.integers(0, other.shape[1] - CROP)), int(rng.integers(0, other.shape[2] - CROP))
-                crops.append({"hr": hr, "lr": quantize(lr), "start": start, "box": (y, x), "degradation": record["applied"],
+                crops.append({"hr": hr, "lr": quantize(lr), "start": start, "box": (y, x),
+                              "degradation": record["applied"],
                               "id": video[id_t:id_t + 1, box[0], box[1]],
                               "ref": video[ref_t:ref_t + FRAMES, box[0], box[1]],
                               "wrong": other[int(rng.integers(0, other.shape[0])), oy:oy + CROP, ox:ox + CROP][None]})
@@ -215,7 +216,8 @@ def summarise(result: dict) -> tuple[dict, list[str]]:
             entry["psnr_win_rate_over_previous"] = win_rate(scores[row]["psnr"], scores[previous]["psnr"])
         metrics["rows"][row] = entry
         win = f"{entry['psnr_win_rate_over_previous']:.0%} over {previous}" if previous else "—"
-        lines.append(f"| {LABELS[row]} | {entry['psnr']:.2f} [{entry['psnr_ci95'][0]:.2f}, {entry['psnr_ci95'][1]:.2f}] "
+        lines.append(f"| {LABELS[row]} | {entry['psnr']:.2f} "
+                     f"[{entry['psnr_ci95'][0]:.2f}, {entry['psnr_ci95'][1]:.2f}] "
                      f"| {entry['ssim']:.4f} [{entry['ssim_ci95'][0]:.4f}, {entry['ssim_ci95'][1]:.4f}] | {win} |")
         previous = row
     r = metrics["rows"]
@@ -231,7 +233,8 @@ def summarise(result: dict) -> tuple[dict, list[str]]:
     t = metrics["targets"]
     metrics["by_degradation"] = by_degradation(result)
     rec = metrics["autoencoder_reconstruction_psnr"]
-    lines += ["", f"- autoencoder reconstruction of the held-out HR crops: PSNR {rec if rec == 'inf' else f'{rec:.2f}'} dB"
+    lines += ["", f"- autoencoder reconstruction of the held-out HR crops: PSNR "
+              f"{rec if rec == 'inf' else f'{rec:.2f}'} dB"
               f"{' (exact)' if rec == 'inf' else ''}",
               f"- no references vs bicubic → autoencoder: {gap_no_refs:+.3f} dB (target ≥ +0.5: "
               f"{'met' if t['no_refs_over_bicubic_vae_met'] else 'MISSED'})",
@@ -260,11 +263,15 @@ def single_pass_summary(scores: dict, rows: dict) -> tuple[dict, list[str]]:
     out["no_refs_over_bicubic_vae_db"] = out["no_refs"]["psnr"] - rows["bicubic_vae"]["psnr"]
     out["refs_over_no_refs_db"] = out["refs"]["psnr"] - out["no_refs"]["psnr"]
     n, f = out["no_refs"], out["refs"]
-    return out, [f"- one pass (the workflow without its UniMMVSR Self-Ensemble node): no references {n['psnr']:.2f} dB "
-                 f"[{n['psnr_ci95'][0]:.2f}, {n['psnr_ci95'][1]:.2f}], {out['no_refs_over_bicubic_vae_db']:+.3f} dB over "
-                 f"bicubic → autoencoder; with references {f['psnr']:.2f} dB, {out['refs_over_no_refs_db']:+.3f} dB over "
+    return out, [f"- one pass (the workflow without its UniMMVSR Self-Ensemble node): no references "
+                 f"{n['psnr']:.2f} dB "
+                 f"[{n['psnr_ci95'][0]:.2f}, {n['psnr_ci95'][1]:.2f}], "
+                 f"{out['no_refs_over_bicubic_vae_db']:+.3f} dB over "
+                 f"bicubic → autoencoder; with references {f['psnr']:.2f} dB, "
+                 f"{out['refs_over_no_refs_db']:+.3f} dB over "
                  f"one pass without",
-                 f"- the self-ensemble (the workflow's flipped/transposed copies averaged) adds {n['self_ensemble_gain_db']:+.3f} dB "
+                 f"- the self-ensemble (the workflow's flipped/transposed copies averaged) adds "
+                 f"{n['self_ensemble_gain_db']:+.3f} dB "
                  f"without references (better on {n['self_ensemble_win_rate']:.0%} of the crops) and "
                  f"{f['self_ensemble_gain_db']:+.3f} dB with them ({f['self_ensemble_win_rate']:.0%})"]
 

@@ -235,7 +235,7 @@ def write_pipeline_folder(folder: str, comfy_dir: str, official_path: str, seed:
 
     torch.manual_seed(seed + 2)
     text_encoder = T5EncoderModel(T5Config(**T5_CONFIG))
-    with torch.no_grad():   # plain seeded normal weights, as tests/harness/tiny_mfm.py does for its T5
+    with torch.no_grad():   # plain seeded normal weights, as harness/tiny_mfm.py does for its T5
         for parameter in text_encoder.parameters():
             parameter.normal_(0.0, 0.3)
     text_encoder.save_pretrained(os.path.join(folder, "text_encoder"), safe_serialization=True)

@@ -52,7 +52,7 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
-sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)
 
 import mfm_official_env as official_env  # noqa: E402
 
@@ -309,7 +309,7 @@ def load_pack(fp32_text_encoder: bool = False):
     if fp32_text_encoder:
         import comfy.cli_args
         comfy.cli_args.args.fp32_text_enc = True
-    return {"loader": pack_module("model_loaders.mfm_pipeline"), "condition": pack_module("nodes.mfm_condition"),
+    return {"loader": pack_module("nodes.mfm_pipeline"), "condition": pack_module("nodes.mfm_condition"),
             "apply": pack_module("nodes.mfm_apply"), "tasks": pack_module("core.mfm.tasks"),
             "depth": pack_module("model_loaders.depth_anything"), "mfm_model": pack_module("samplers.mfm_model")}
 

@@ -1,4 +1,4 @@
-"""Make a UniMMVSR checkpoint from a Wan T2V checkpoint (the starting point of training; SPEC §1).
+"""Make a UniMMVSR checkpoint from a Wan T2V checkpoint (the starting point of training; docs/design.md §5).
 
     python scripts/unimmvsr_init.py wan2.1_t2v_1.3B_fp16.safetensors out.safetensors [--delta]
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, TESTS)
+sys.path[:0] = [TESTS, os.path.dirname(TESTS)]   # tests/ (shared test helpers) and the repository (harness/)
 
 from harness.paths import REPO, pack_module, use_comfy_in_process  # noqa: E402
 
@@ -49,7 +49,7 @@ def comfy_base(tmp_path_factory, comfy_in_process):
     write_fixture_models(os.path.join(base, "models"))
     write_example_inputs(os.path.join(base, "input"))
     for module_name, function in EXTRA_FIXTURE_WRITERS:
-        if os.path.exists(os.path.join(TESTS, *module_name.split(".")) + ".py"):
+        if os.path.exists(os.path.join(REPO, *module_name.split(".")) + ".py"):
             getattr(importlib.import_module(module_name), function)(base)
     return base
 
@@ -75,7 +75,7 @@ def comfy_server(comfy_base):
     from harness.comfy_server import ComfyServer
 
     trace = os.path.join(comfy_base, "trace.jsonl")
-    faults = os.path.join(comfy_base, "worker_faults.txt")   # read by distributed/worker.py's fault_point
+    faults = os.path.join(comfy_base, "worker_faults.txt")   # read by distributed/rank_worker.py's fault_point
     server = ComfyServer(comfy_base, env={"UNICASCADE_TRACE_FILE": trace, "UNICASCADE_TEST_FAULTS": faults,
                                           "UNICASCADE_RENDEZVOUS_SECRET": RENDEZVOUS_SECRET})
     server.start()

@@ -5,7 +5,6 @@ FlexAttention compiles inside the server on its first calls (Inductor C++; tens 
 import os
 
 import pytest
-import torch
 
 from conftest import load_latent
 from harness.graph import Graph

@@ -1,4 +1,4 @@
-"""The fused attention kernels (issue 13) against a plain-math reference (tests/harness/attention_reference.py):
+"""The fused attention kernels (issue 13) against a plain-math reference (harness/attention_reference.py):
 RoPE computed from explicit (t, h, w) positions with Wan's split, explicit logits × group table, softmax, float64.
 
 - The Triton kernel runs under Triton's CPU interpreter (tiny shapes; 16-token blocks so every case has several key
@@ -19,6 +19,7 @@ import sys
 import pytest
 import torch
 
+from harness.paths import REPO
 from harness.attention_reference import (FP32_CASES, FP32_TOL, LOW_CASES, LOW_TOL, backend, explicit_rope, load,
                                          make_case, run_block, run_case, tma, tma_state, unimmvsr_freqs,
                                          unimmvsr_positions, wan_axes)
@@ -56,7 +57,7 @@ def test_reference_rope_is_comfyui_wans_and_positions_come_back_from_its_freqs(p
 def interpreted():
     """The Triton kernel's results under the interpreter, computed once in a process of its own (Triton decides
     at import whether its library functions are interpreted)."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "harness", "triton_interpreted.py")
+    script = os.path.join(REPO, "harness", "triton_interpreted.py")
     proc = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "TRITON_INTERPRET": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -167,8 +167,10 @@ def test_flux_joint_attention(pack, gamma):
             boost_mod.STATE_KEY: boost_mod.Boost(text=gamma, image=1.0, text_tokens=n_text)}
     ref = {"optimized_attention_override": joint_reference_override(n_text, gamma)}
     with torch.no_grad():
-        got_img, got_txt = dm.double_blocks[0](img=img.clone(), txt=txt.clone(), vec=vec, pe=pe, transformer_options=ours)
-        want_img, want_txt = dm.double_blocks[0](img=img.clone(), txt=txt.clone(), vec=vec, pe=pe, transformer_options=ref)
+        got_img, got_txt = dm.double_blocks[0](img=img.clone(), txt=txt.clone(), vec=vec, pe=pe,
+                                               transformer_options=ours)
+        want_img, want_txt = dm.double_blocks[0](img=img.clone(), txt=txt.clone(), vec=vec, pe=pe,
+                                                 transformer_options=ref)
         joint = torch.cat([txt, img], 1)
         got_single = dm.single_blocks[0](joint.clone(), vec=vec, pe=pe, transformer_options=ours)
         want_single = dm.single_blocks[0](joint.clone(), vec=vec, pe=pe, transformer_options=ref)
@@ -195,7 +197,8 @@ def test_composes_with_an_existing_attention_override_and_reapplying_replaces(pa
     second = boost_mod.apply_attention_boost(first, "wan", boost_mod.BoostSchedule(factors=lambda u: (1.5, 1.0)))
     block = model.model.diffusion_model.blocks[0].cross_attn
     forward = second.object_patches["diffusion_model.blocks.0.cross_attn.forward"]
-    options = {"optimized_attention_override": second.model_options["transformer_options"]["optimized_attention_override"],
+    options = {"optimized_attention_override":
+               second.model_options["transformer_options"]["optimized_attention_override"],
                boost_mod.STATE_KEY: boost_mod.Boost(text=1.5, image=1.0)}
     torch.manual_seed(5)
     x, ctx = torch.randn(1, 12, 128), torch.randn(1, 6, 128)

@@ -1,8 +1,8 @@
 """Every shared workflow (UI format) loads in the real frontend, converts to an API prompt there, and runs.
 
-For each file in example_workflows/: the page loads it, no node type is missing, the frontend converts it (graphToPrompt,
-the Queue button's path) after CPU-sized widget values are set through the page's widgets, the Run button queues
-it, it executes on the server with the tiny fixture models, a screenshot of the graph is kept under
+For each file in example_workflows/: the page loads it, no node type is missing, the frontend converts it
+(graphToPrompt, the Queue button's path) after CPU-sized widget values are set through the page's widgets, the Run
+button queues it, it executes on the server with the tiny fixture models, a screenshot of the graph is kept under
 test-artifacts/screenshots, and the browser console shows no error from the pack.
 """
 import os
@@ -41,7 +41,8 @@ def test_workflow_runs_from_the_browser(comfy, comfy_page, path):
     serialized = page.page.evaluate("() => window.app.graph.serialize()")
     ours = ui_to_api(serialized, comfy.object_info())
     info = comfy.object_info()
-    declared = {k: {name for section in ("required", "optional") for name in info[v["class_type"]]["input"].get(section, {})}
+    declared = {k: {name for section in ("required", "optional")
+                    for name in info[v["class_type"]]["input"].get(section, {})}
                 for k, v in prompt.items()}
     # frontend-only extras (e.g. LoadVideo's "video-preview") are not node inputs: the server ignores them too
     theirs = {k: {"class_type": v["class_type"], "inputs": {n: x for n, x in v["inputs"].items() if n in declared[k]}}

@@ -181,7 +181,7 @@ def depth_pack(pack, depth_models):
 def test_estimator_in_process_equals_transformers(depth_pack, depth_models):
     loader, estimator = depth_pack
     frames = smooth_frames(7, seed=5)
-    model = loader.DepthAnythingLoader.execute(TINY, "auto").result[0]
+    model = estimator.DepthAnythingLoader.execute(TINY, "auto").result[0]
     assert model.dtype == torch.float32  # auto on a CPU
     images = torch.from_numpy(frames).float() / 255
     want = reference_depth(depth_models[TINY], frames)
@@ -211,8 +211,8 @@ def test_model_is_managed_by_comfyui_and_reused(depth_pack):
 
 
 def test_default_batch_size_depends_on_the_device(depth_pack):
-    """One frame at a time on a CPU (batches were slower there: README, benchmarks/depth_throughput.py), 8 on a
-    GPU; with no batch_size given the model's load device decides."""
+    """One frame at a time on a CPU (batches were slower there: docs/experiments.md, benchmarks/depth_throughput.py), 8
+    on a GPU; with no batch_size given the model's load device decides."""
     loader, _ = depth_pack
     assert loader.default_batch_size(torch.device("cpu")) == loader.CPU_BATCH == 1
     for device in ("cuda", "cuda:1", "mps", "xpu"):

@@ -1,5 +1,5 @@
-"""MfM's unified condition for all 16 tasks, the fitting rules, mask generators and the light adapter (SPEC §2),
-against values written out here from the official script's rules."""
+"""MfM's unified condition for all 16 tasks, the fitting rules, mask generators and the light adapter
+(docs/design.md §9), against values written out here from the official script's rules."""
 import re
 
 import pytest

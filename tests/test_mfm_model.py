@@ -1,6 +1,7 @@
 """The MfM transformer (core/mfm/transformer.py) against the official names and plain-math references written
-here (SPEC §2): 3D RoPE with interleaved pairs, QK RMSNorm over the full width, AdaLN chunk order, the text padding
-bias, unpatchify order, the adapter added to the patch embedding — and a whole forward recomputed independently."""
+here (docs/design.md §8): 3D RoPE with interleaved pairs, QK RMSNorm over the full width, AdaLN chunk order, the text
+padding bias, unpatchify order, the adapter added to the patch embedding — and a whole forward recomputed
+independently."""
 import math
 
 import pytest

@@ -1,7 +1,6 @@
 """What the official MfM pipeline does around the transformer (issue 30), recomputed here from its rules: the σ
 grid of the shipped workflows, the official canvases, fitting and portrait rule, the output assembly, the default
 motion score, the literal tokenisation and the VAE's tiled decode — through the real server where a workflow runs."""
-import json
 import os
 import sys
 
@@ -39,8 +38,9 @@ def mfm_calls(comfy) -> list[float]:
 @pytest.mark.server
 @pytest.mark.parametrize("shift", sorted(MFM_BY_SHIFT))
 def test_the_shipped_t2v_workflow_samples_on_the_official_sigma_grid(comfy, shift):
-    """example_workflows/mfm_t2v.json as shipped (its KSampler's scheduler untouched), on a tiny pipeline whose scheduler has
-    shift 12 or 3, at 25, 30 and 50 steps: the σ of every model call is the official schedule's (within float32)."""
+    """example_workflows/mfm_t2v.json as shipped (its KSampler's scheduler untouched), on a tiny pipeline whose
+    scheduler has shift 12 or 3, at 25, 30 and 50 steps: the σ of every model call is the official schedule's (within
+    float32)."""
     workflow = load(os.path.join(REPO, "example_workflows", "mfm_t2v.json"))
     prompt = ui_to_api(workflow, comfy.object_info())
     by_type = {v["class_type"]: v for v in prompt.values()}
@@ -141,7 +141,7 @@ def test_the_vae_decodes_with_the_official_tiling_and_equals_the_untiled_decode(
     tile it equals the untiled decode exactly; with tiles smaller than the frame it is bitwise what
     ``enable_tiling`` + ``decode`` give, and close to the untiled decode on average (a random tiny VAE normalises
     each tile with that tile's statistics, so its seams are far stronger than a trained VAE's)."""
-    vae = pack("model_loaders.mfm_vae").load_vae(os.path.join(comfy_base, "models", "mfm", MFM))
+    vae = pack("model_loaders.mfm_vae").load_mfm_vae(os.path.join(comfy_base, "models", "mfm", MFM))
     latent = torch.randn(1, 16, 2, 8, 10, generator=torch.Generator().manual_seed(0))
 
     def untiled():

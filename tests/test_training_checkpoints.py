@@ -148,7 +148,8 @@ def test_two_fsdp_ranks_write_their_own_shards_and_resume_bitwise(workspace):
 
     out = run_cli(config, "resumed", ranks=2)
     assert "resumed from" in out.stderr and "(step 3)" in out.stderr
-    a, b = assembled(step_folder(os.path.join(root, "whole"), 6)), assembled(step_folder(os.path.join(root, "resumed"), 6))
+    a, b = (assembled(step_folder(os.path.join(root, "whole"), 6)),
+            assembled(step_folder(os.path.join(root, "resumed"), 6)))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -206,7 +207,8 @@ def test_a_checkpoint_resumes_bitwise_under_another_world_size(tmp_path):
     run_worker("load", str(tmp_path / "two"), str(tmp_path / "two_in_one.safetensors"))
     one_expected, two_expected = (load_file(str(tmp_path / f"{n}_expected.safetensors")) for n in ("one", "two"))
     assert any(k.startswith("ema/") for k in two_expected) and any(k.endswith("/exp_avg_sq") for k in two_expected)
-    for loaded, expected in (("one_in_two", one_expected), ("two_in_three", two_expected), ("two_in_one", two_expected)):
+    for loaded, expected in (("one_in_two", one_expected), ("two_in_three", two_expected),
+                             ("two_in_one", two_expected)):
         got = load_file(str(tmp_path / f"{loaded}.safetensors"))
         assert got.keys() == expected.keys(), loaded
         for k in expected:

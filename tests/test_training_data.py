@@ -274,7 +274,8 @@ def test_augmentations_transform_the_target_and_its_references_alike(pack, build
     # ID images stay pixel-aligned
     data = dataclasses.replace(cfg.data, cache_dir="", reference_augmentation=False, id_crop=())
     plain = samples.SampleBuilder(dataclasses.replace(cfg, data=data), plain.items)
-    b = samples.SampleBuilder(dataclasses.replace(cfg, data=dataclasses.replace(data, augmentations=names)), plain.items)
+    b = samples.SampleBuilder(dataclasses.replace(cfg, data=dataclasses.replace(data, augmentations=names)),
+                              plain.items)
     stage = cfg.stages[1]
     counts, orders, tasks = dict.fromkeys(names[:4], 0), set(), set()
     n = 240

@@ -18,17 +18,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.unimmvsr.degradation import (OPERATIONS, DegradationConfig, blur_kernel_size, degrade,
-                                           degrade_batch_kornia, sample_degradation_params, video_codec_round_trip)
+from training.unimmvsr.degradation import (OPERATIONS, SyntheticDegradation, blur_kernel_size, degrade,
+                                           sample_degradation_params, video_codec_round_trip)
 from training.unimmvsr.reference_augmentation import (BRIGHTNESS_RANGE, CROP_SCALE_RANGE, ROTATION_DEGREES,
                                                       SHEAR_FRACTION, apply_reference_augmentation, augment_reference,
-                                                      sample_reference_augmentation_params,
                                                       shift_reference_video_start)
 
 pytestmark = pytest.mark.host_independent   # never reaches ComfyUI's code: `make test-floor` leaves it out
 
 DRAWS = 2400
-NOTHING = DegradationConfig(blur_probability=0, noise_probability=0, jpeg_probability=0, video_probability=0)
+NOTHING = SyntheticDegradation(blur_probability=0, noise_probability=0, jpeg_probability=0, video_probability=0)
 
 
 def within_binomial(successes: int, n: int, p: float, sigmas: float = 4.0) -> bool:
@@ -55,8 +54,8 @@ def bikes() -> torch.Tensor:
 
 
 def test_degrade_is_deterministic_per_seed_and_differs_across_seeds(bikes):
-    everything = DegradationConfig(blur_probability=1, noise_probability=1, jpeg_probability=1, video_probability=1)
-    for config in (DegradationConfig(), everything):
+    everything = SyntheticDegradation(blur_probability=1, noise_probability=1, jpeg_probability=1, video_probability=1)
+    for config in (SyntheticDegradation(), everything):
         a, record_a = degrade(bikes, 4, 11, config)
         b, record_b = degrade(bikes, 4, 11, config)
         c, record_c = degrade(bikes, 4, 12, config)
@@ -72,12 +71,13 @@ def test_degrade_sizes_range_and_record(bikes):
         out, record = degrade(bikes, scale, 3)
         assert out.shape == (t, h // scale, w // scale, 3) and out.dtype == torch.float32
         assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-        assert record["output_size"] == [t, h // scale, w // scale] and record["resize"]["size"] == [h // scale, w // scale]
+        assert (record["output_size"] == [t, h // scale, w // scale]
+                and record["resize"]["size"] == [h // scale, w // scale])
         assert record["input_size"] == [t, h, w] and record["scale"] == scale and record["seed"] == 3
         json.dumps(record)  # logs need a plain record
     # the record is the sampler's draw plus the sizes
     out, record = degrade(bikes, 4, 5)
-    sampled = sample_degradation_params(5, DegradationConfig())
+    sampled = sample_degradation_params(5, SyntheticDegradation())
     assert {op: {k: v for k, v in record[op].items() if k != "size"} for op in OPERATIONS} == sampled
     assert record["applied"] == [op for op in OPERATIONS if sampled[op]["applied"]]
 
@@ -94,8 +94,8 @@ def test_degrade_without_optional_ops_is_the_plain_resize(bikes):
 
 
 @pytest.mark.parametrize("config", [
-    DegradationConfig(),
-    DegradationConfig(blur_probability=0.2, noise_probability=0.9, noise_gray_probability=0.7, jpeg_probability=0.1,
+    SyntheticDegradation(),
+    SyntheticDegradation(blur_probability=0.2, noise_probability=0.9, noise_gray_probability=0.7, jpeg_probability=0.1,
                       video_probability=0.8, video_codecs=("mpeg4",), resize_interpolations=("bilinear", "bicubic")),
 ], ids=["default", "custom"])
 def test_degradation_ops_are_applied_with_their_probabilities_and_ranges(config):
@@ -193,44 +193,6 @@ def test_noise_has_the_drawn_std_and_gray_noise_is_shared_by_channels():
         channel_spread = float((residual - residual.mean(-1, keepdim=True)).abs().max())
         assert (channel_spread < 1e-6) if gray else (channel_spread > 0.05)
         assert not torch.equal(residual[0], residual[1]), "every frame gets its own noise"
-        k_out, k_records = degrade_batch_kornia(grey.permute(0, 3, 1, 2)[None], 1, 21, config)
-        k_residual = k_out[0].permute(0, 2, 3, 1) - grey
-        assert k_records[0]["noise"] == record["noise"]
-        assert abs(float(k_residual.std()) / record["noise"]["std"] - 1) < 0.03
-        assert not torch.allclose(k_residual, residual), "the kornia path draws its own realisation"
-
-
-@pytest.mark.parametrize("scale", [2, 4])
-def test_kornia_path_matches_opencv_on_blur_and_resize(bikes, scale):
-    config = replace(NOTHING, blur_probability=1)
-    seeds = {}  # one seed per interpolation
-    for seed in range(100):
-        seeds.setdefault(sample_degradation_params(seed, config)["resize"]["interpolation"], seed)
-    assert set(seeds) == {"area", "bilinear", "bicubic"}
-    clips = torch.stack([bikes[:4], bikes[4:8]]).permute(0, 1, 4, 2, 3)  # [2, 4, 3, H, W]
-    for interpolation, seed in seeds.items():
-        out, records = degrade_batch_kornia(clips, scale, seed, config)
-        assert out.shape == (2, 4, 3, 128 // scale, 192 // scale)
-        for b in range(2):
-            expected, record = degrade(bikes[4 * b:4 * b + 4], scale, seed + b, config)
-            assert records[b] == record
-            difference = (out[b].permute(0, 2, 3, 1) - expected).abs().max()
-            assert difference < 1e-5, (interpolation, b, float(difference))
-    explicit, records = degrade_batch_kornia(clips, scale, [7, 3], config)
-    assert [r["seed"] for r in records] == [7, 3]
-    assert torch.allclose(explicit[1].permute(0, 2, 3, 1), degrade(bikes[4:8], scale, 3, config)[0], atol=1e-5)
-
-
-def test_kornia_path_skips_codecs_and_says_so(bikes):
-    config = DegradationConfig(jpeg_probability=1, video_probability=1)
-    out, records = degrade_batch_kornia(bikes[None, :2].permute(0, 1, 4, 2, 3), 2, 5, config)
-    drawn = sample_degradation_params(5, config)
-    for op in ("jpeg", "video"):
-        assert records[0][op]["applied"] is False and "skipped" in records[0][op]
-        assert {k: v for k, v in records[0][op].items() if k not in ("applied", "skipped")} == \
-               {k: v for k, v in drawn[op].items() if k != "applied"}
-    assert "jpeg" not in records[0]["applied"] and "video" not in records[0]["applied"]
-    assert out.shape == (1, 2, 3, 64, 96)
 
 
 def test_degradation_rejects_bad_input(bikes):
@@ -252,16 +214,12 @@ def test_degradation_rejects_bad_input(bikes):
         degrade(bikes, 0, 0)
     with pytest.raises(ValueError, match="seed"):
         degrade(bikes, 2, -1)
-    with pytest.raises(ValueError, match=r"\[B, T, 3, H, W\]"):
-        degrade_batch_kornia(bikes, 2, 0)
-    with pytest.raises(ValueError, match="seeds for a batch"):
-        degrade_batch_kornia(bikes[None].permute(0, 1, 4, 2, 3), 2, [1, 2])
     with pytest.raises(ValueError, match="blur_probability"):
-        DegradationConfig(blur_probability=1.5)
+        SyntheticDegradation(blur_probability=1.5)
     with pytest.raises(ValueError, match="jpeg_quality_range"):
-        DegradationConfig(jpeg_quality_range=(90, 50))
+        SyntheticDegradation(jpeg_quality_range=(90, 50))
     with pytest.raises(ValueError, match="video_codecs"):
-        DegradationConfig(video_codecs=("libx265",))
+        SyntheticDegradation(video_codecs=("libx265",))
     assert blur_kernel_size(0.2) == 3 and blur_kernel_size(1.5) == 11
 
 

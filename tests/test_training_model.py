@@ -196,7 +196,8 @@ def test_lora_merge_and_export_load_through_the_loader(pack, tmp_path, variant):
     wan = patcher.model.diffusion_model
     model_mod.add_lora(wan, rank=4, alpha=8)
     trainable = [n for n, p in wan.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n or n.startswith(("patch_embedding.", "unimmvsr_aug_embedding.")) for n in trainable)
+    assert trainable and all("lora_" in n or n.startswith(("patch_embedding.", "unimmvsr_aug_embedding."))
+                             for n in trainable)
     with torch.no_grad():  # a LoRA that learnt something (B starts at zero)
         for n, p in wan.named_parameters():
             if "lora_B" in n:
@@ -230,7 +231,8 @@ def test_a_micro_batch_runs_as_one_forward_per_shape_with_each_samples_own_loss(
 
     def sample(refs, context_len=12, frames=2):
         raw = [(kind, torch.randn(1, 16, n, 6, 8, generator=g)) for kind, n in refs]
-        return LatentSample(torch.randn(1, 16, frames, 6, 8, generator=g), torch.randn(1, 16, frames, 6, 8, generator=g),
+        return LatentSample(torch.randn(1, 16, frames, 6, 8, generator=g),
+                            torch.randn(1, 16, frames, 6, 8, generator=g),
                             raw, torch.randn(1, context_len, 4096, generator=g))
 
     def draw(i):
@@ -281,7 +283,8 @@ def test_text_tokens_zero_pads_prompts_to_one_length_so_their_samples_share_a_fo
         return [(types.SimpleNamespace(prompt=p), encoding.LatentSample(hr, hr, [], text(p))) for p in encoded]
     assert [len(grp) for grp in trainer.group_by_shape(drawn(as_encoded))] == [1, 2]
     assert [len(grp) for grp in trainer.group_by_shape(drawn(padded))] == [3]
-    with pytest.raises(ValueError, match=r"'a longer prompt' encodes to 12 tokens, more than \[data\] text_tokens = 10"):
+    with pytest.raises(ValueError,
+                       match=r"'a longer prompt' encodes to 12 tokens, more than \[data\] text_tokens = 10"):
         encoding.TextEncoder(None, str(tmp_path), tokens=10)("a longer prompt")
 
 

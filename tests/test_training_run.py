@@ -25,7 +25,8 @@ def cli(config, *args, ranks=1, timeout=600):
     if ranks > 1:
         cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-port", str(free_port()),
                SCRIPT, "--config", config, *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
     return out
 
@@ -94,7 +95,8 @@ def test_cli_run_losses_fall_and_the_checkpoint_runs_the_shipped_cascade(workspa
 
     from harness.workflows import CPU_WIDGETS, TINY_TEXT_ENCODER_LOADER
     shutil.copy(final, os.path.join(comfy.base, "models", "unimmvsr", "trained_by_test.safetensors"))
-    prompt = ui_to_api(load(os.path.join(REPO, "example_workflows", "unimmvsr_cascade_wan21.json")), comfy.object_info())
+    prompt = ui_to_api(load(os.path.join(REPO, "example_workflows", "unimmvsr_cascade_wan21.json")),
+                       comfy.object_info())
     for node in prompt.values():
         node["inputs"].update(CPU_WIDGETS.get(node["class_type"], {}))
         if node["class_type"] == "CLIPLoader":
@@ -144,7 +146,8 @@ def test_a_compiled_run_trains_like_an_eager_one(workspace):
     assert [s for s, _ in compiled] == [s for s, _ in eager] == [1, 2, 3]
     assert compiled[0][1] == pytest.approx(eager[0][1], rel=1e-5)
     assert [v for _, v in compiled[1:]] == pytest.approx([v for _, v in eager[1:]], rel=1e-3)
-    assert trained_params(os.path.join(root, "compiled"), 3).keys() == trained_params(os.path.join(root, "eager"), 3).keys()
+    assert (trained_params(os.path.join(root, "compiled"), 3).keys()
+            == trained_params(os.path.join(root, "eager"), 3).keys())
 
 
 def steps_where_ranks_run_different_numbers_of_forwards(pack, config, sets: dict, micro: int) -> list[int]:
@@ -172,7 +175,8 @@ def test_two_gloo_ranks_equal_one_rank_with_the_doubled_batch_and_fsdp_equals_dd
     """DDP ranks stacking their micro-batches by shape may run different numbers of forwards per step (only the
     last backward syncs); FSDP keeps one forward per sample. Both equal one rank with the whole batch."""
     root, config = workspace
-    sets = ["--set", 'data.validation_manifest=""', "--set", "training.save_every=100", "--set", "training.batch_size=4"]
+    sets = ["--set", 'data.validation_manifest=""', "--set", "training.save_every=100",
+            "--set", "training.batch_size=4"]
     assert steps_where_ranks_run_different_numbers_of_forwards(
         pack, config, {"data.validation_manifest": "", "training.batch_size": 4, "training.micro_batch": 2}, 2)
     cli(config, "--set", 'training.output_dir="one_rank"', "--set", "training.micro_batch=4", *sets)

@@ -27,7 +27,7 @@ def workspace(pack, tmp_path_factory):
 def test_a_collective_on_another_device_than_the_ranks_is_refused_before_it_runs(pack):
     """Under gloo a CPU tensor passes whatever the rank's device; under NCCL it crashes the first step. The
     trainer's collectives refuse it everywhere, so a CPU run catches the bug."""
-    distributed = pack("training.unimmvsr.distributed")
+    distributed = pack("training.unimmvsr.process_group")
     on_gpu = distributed.Dist(rank=0, world_size=2, local_rank=0, device=torch.device("cuda", 0))
     with pytest.raises(RuntimeError, match=r"all_reduce: a tensor on cpu but this rank's device is cuda:0"):
         distributed.all_reduce(on_gpu, torch.ones(1))
@@ -39,13 +39,13 @@ def test_a_collective_on_another_device_than_the_ranks_is_refused_before_it_runs
 
 def test_every_collective_of_the_trainer_goes_through_the_checked_helpers():
     """No torch.distributed collective (nor a pickling *_object one) is called outside training/unimmvsr/
-    distributed.py's checked helpers."""
+    process_group.py's checked helpers."""
     pattern = re.compile(r"torch\.distributed\.(all_reduce|all_gather|broadcast|reduce_scatter|reduce|gather|scatter"
                          r"|all_to_all|\w+_object)\b|dist\.(all_reduce|all_gather|broadcast)\(")
     offenders = []
     for folder, _, files in os.walk(os.path.join(REPO, "training")):
         for name in files:
-            if name.endswith(".py") and name != "distributed.py":
+            if name.endswith(".py") and name != "process_group.py":
                 with open(os.path.join(folder, name), encoding="utf-8") as f:
                     for n, line in enumerate(f, 1):
                         if pattern.search(line):
@@ -75,7 +75,7 @@ class PaddedEncoder:
 
 RSS_PROBE = r"""
 import json, os, sys
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], os.path.dirname(sys.argv[1])]   # tests/ and the repository (harness/)
 import torch
 from test_training_scale import PaddedEncoder
 from harness.paths import pack_module, use_comfy_in_process
@@ -101,13 +101,12 @@ def rss_growth(memory_mb: float) -> dict:
     the figure): its RSS growth after the first 300."""
     import subprocess
     from harness.paths import PYTHON
-    tests = os.path.dirname(os.path.abspath(__file__))
     # glibc's default moves its mmap threshold up after the first large free, after which 8 MB buffers come from
     # the heap and fragment it: RSS then wanders by ±0.5 GB whatever the cache holds (bounded; measured over 6,000
     # prompts). The trainer fixes the threshold (scripts/train_unimmvsr.py); so does this probe.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    out = subprocess.run([PYTHON, "-c", RSS_PROBE, tests, str(memory_mb)], capture_output=True, text=True,
-                         timeout=600, cwd=REPO, env=env)
+    out = subprocess.run([PYTHON, "-c", RSS_PROBE, os.path.join(REPO, "tests"), str(memory_mb)],
+                         capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -218,7 +217,8 @@ def test_editing_samples_exist_when_the_clip_is_shorter_than_two_windows(pack, w
     b = samples.SampleBuilder(cfg, items)
     with caplog.at_level(logging.INFO, logger="UniCascade.train"):
         for seed in range(3):
-            s = b._build(dataclasses.replace(items[0], reference_video=""), "editing", stage, np.random.default_rng(seed))
+            s = b._build(dataclasses.replace(items[0], reference_video=""), "editing", stage,
+                         np.random.default_rng(seed))
             assert s.reference_video.shape[0] == frames and 1 <= abs(s.record["reference_start"] - s.record["start"])
     assert sum("shifted by" in r.message for r in caplog.records) == 1
 
@@ -264,7 +264,8 @@ def test_model_folder_paths_resolve_through_comfyui_and_missing_files_name_the_k
     folder.mkdir()
     os.symlink(cfg.path(cfg.model.parent), folder / "parent_for_test.safetensors")
     folder_paths.add_model_folder_path("diffusion_models", str(folder))
-    named = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, parent="diffusion_models:parent_for_test.safetensors"))
+    named = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, parent="diffusion_models:parent_for_test.safetensors"))
     assert os.path.samefile(named.path(named.model.parent), cfg.path(cfg.model.parent))
     trainer.check_files(named)
     with pytest.raises(config.ConfigError, match="no file 'absent.safetensors' in ComfyUI's diffusion_models"):

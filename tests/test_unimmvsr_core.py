@@ -38,11 +38,9 @@ def test_independent_cfg_equation_and_threshold():
     got = guidance.combine(full, no_txt, no_ref, 3.0, 1.0)
     assert float(got) == pytest.approx(2.0 + 3.0 * 1.5 + 1.0 * 0.75)
     assert float(guidance.combine(full, no_txt, None, 3.0, 0.0)) == pytest.approx(2.0 + 4.5)
-    scales = [guidance.reference_scale_at(i, 1.0, 15) for i in range(50)]
-    assert scales == [1.0] * 15 + [0.0] * 35
-    evals = [guidance.evaluations_per_step(i, 1.0, 15) for i in range(50)]
-    assert evals == [3] * 15 + [2] * 35 and sum(evals) == 115
-    assert guidance.evaluations_per_step(0, 1.0, 15, has_references=False) == 2
+    # eq. 3: the reference term is on for the first N_ref = 15 of 50 steps, by the trajectory's progress u
+    on = [guidance.reference_on(i / 50, guidance.DEFAULT_REFERENCE_END) for i in range(50)]
+    assert on == [True] * 15 + [False] * 35
     with pytest.raises(ValueError):
         guidance.combine(full, no_txt, None, 3.0, 1.0)
 
@@ -58,7 +56,8 @@ def test_noise_augmentation_is_the_forward_flow_in_the_models_latent_space():
     with pytest.raises(ValueError, match="does not match"):
         augmentation.augment(z, 600, noise[:, :2])
     # normalisation first, noise after: μ/σ of the latent format never touch ε
-    mean, std = torch.tensor([1.0, -2.0, 0.5, 3.0]).view(1, 4, 1, 1, 1), torch.tensor([2.0, 0.5, 1.0, 4.0]).view(1, 4, 1, 1, 1)
+    mean, std = (torch.tensor([1.0, -2.0, 0.5, 3.0]).view(1, 4, 1, 1, 1),
+                 torch.tensor([2.0, 0.5, 1.0, 4.0]).view(1, 4, 1, 1, 1))
     raw = mean + std * torch.randn(z.shape, generator=torch.Generator().manual_seed(1))
     got = augmentation.lr_condition(raw, lambda x: (x - mean) / std, 200, noise)
     assert torch.allclose(got, 0.8 * (raw - mean) / std + 0.2 * noise)

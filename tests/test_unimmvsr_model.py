@@ -2,7 +2,6 @@
 RoPE positions, the guider's combination of the three predictions (A.3 eq. 2) on predictions recorded in a real
 sampling run, the LR condition the backbone receives (forward process in the model's latent space), the
 augmentation micro-condition, the checkpoint's sampling shift, and Wan 2.2 (16× VAE) tiles with references."""
-import math
 
 import pytest
 import torch
@@ -29,7 +28,7 @@ def guider_for(pack, model, lr, refs, *, reference_end=0.3, tile=(0, 0), overlap
     g = torch.Generator().manual_seed(2)
     positive = cond or [[torch.randn(1, 12, 4096, generator=g), {}]]
     negative = cond or [[torch.randn(1, 12, 4096, generator=g), {}]]
-    node = pack("nodes.unimmvsr_guider").UniMMVSRGuider
+    node = pack("nodes.unimmvsr_guider").UniMMVSRGuiderNode
     return node.execute(model, positive, negative, lr, 3.0, 1.0, reference_end, tile[0], tile[1], overlap, 0, 4,
                         refs).result[0]
 
@@ -68,7 +67,7 @@ def test_guider_combines_the_three_predictions_as_equation_2(pack, unimmvsr):
 
     from core.unimmvsr import tiling
     from core.unimmvsr.references import Reference
-    LRCondition = pack("nodes.unimmvsr_upsampler").LRCondition
+    LRCondition = pack("core.unimmvsr.lr_condition").LRCondition
     keys = pack("samplers.unimmvsr_model")
     g = torch.Generator().manual_seed(2)
     lr = LRCondition(torch.randn(1, 16, 2, 6, 8, generator=g), 600.0)
@@ -112,7 +111,7 @@ def test_the_lr_condition_the_model_receives_is_the_forward_process_in_its_laten
     """Issue 9.1: (1 − σ)·z_model + σ·ε with unit-variance ε, z_model from the latent format's own constants."""
     import comfy.latent_formats
     import comfy.samplers
-    LRCondition = pack("nodes.unimmvsr_upsampler").LRCondition
+    LRCondition = pack("core.unimmvsr.lr_condition").LRCondition
     g = torch.Generator().manual_seed(5)
     fmt = comfy.latent_formats.Wan21()
     # a raw VAE latent with the statistics the format normalises away
@@ -206,10 +205,11 @@ def test_wan22_16x_vae_tiles_with_references(pack, tmp_path):
 
     from core.unimmvsr.checkpoint import init_from_t2v
     from core.unimmvsr.references import Reference
-    sd, meta = init_from_t2v({k: v.float() for k, v in build_wan(seed=3, **WAN_VARIANTS[WAN22_TI2V]).state_dict().items()})
+    sd, meta = init_from_t2v({k: v.float()
+                              for k, v in build_wan(seed=3, **WAN_VARIANTS[WAN22_TI2V]).state_dict().items()})
     model = load_upscaler(pack, tmp_path, sd, meta, "wan22.safetensors")
     model, seen = capture_diffusion_inputs(model)
-    LRCondition = pack("nodes.unimmvsr_upsampler").LRCondition
+    LRCondition = pack("core.unimmvsr.lr_condition").LRCondition
     g = torch.Generator().manual_seed(4)
     # what the Upsampler makes with a 16× VAE at 128×96 pixels and 5 frames; references encoded at the 64×64 tile
     lr = LRCondition(torch.randn(1, 48, 2, 6, 8, generator=g), 600.0, spatial_factor=16, temporal_factor=4)
@@ -235,7 +235,7 @@ def test_start_from_lr_gives_the_lr_latent_in_the_models_space(pack, unimmvsr):
     the latent format's own constants; a latent of another size is refused."""
     import comfy.latent_formats
     node = pack("nodes.unimmvsr_start_from_lr").UniMMVSRStartFromLR
-    LRCondition = pack("nodes.unimmvsr_upsampler").LRCondition
+    LRCondition = pack("core.unimmvsr.lr_condition").LRCondition
     raw = torch.randn(1, 16, 2, 6, 8, generator=torch.Generator().manual_seed(7)) * 3 + 1
     noise = node.execute(unimmvsr, LRCondition(raw, 0.0)).result[0]
     fmt = comfy.latent_formats.Wan21()

@@ -190,7 +190,8 @@ def test_stop_interrupts_both_ranks_and_queued_prompts_run(comfy):
     kinds = [kind for kind, _ in entry["status"]["messages"]]
     assert "execution_interrupted" in kinds, kinds
     done = wait_until(lambda: comfy.get(f"/history/{after_id}").get(after_id), 180, "the queued prompt")
-    assert done["status"]["status_str"] == "success", [m for k, m in done["status"]["messages"] if k == "execution_error"][0]["exception_message"]
+    assert done["status"]["status_str"] == "success", (
+        [m for k, m in done["status"]["messages"] if k == "execution_error"][0]["exception_message"])
     assert load_latent(comfy, f"{comfy.prefix}_after").abs().max() > 0
     records = comfy.trace.records()
     steps = [r["step"] for r in records if r.get("event") == "unimmvsr_shares"]   # ids unique in the pool

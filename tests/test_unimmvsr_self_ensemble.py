@@ -1,4 +1,4 @@
-"""UniMMVSR Self-Ensemble (core.unimmvsr.self_ensemble, README "UniMMVSR"): the space-to-depth latent's flips are
+"""UniMMVSR Self-Ensemble (core.unimmvsr.self_ensemble, docs/design.md §3): the space-to-depth latent's flips are
 exactly the pixel flips; on the real server the committed demo upscaler with the node equals the average of single
 passes over flipped/transposed inputs, flipped back (recomputed here in pixel space); a Wan VAE's condition, Gaussian
 noise under a per-channel latent format, Multi-GPU and a guider of another kind are refused with the reason."""
@@ -92,14 +92,15 @@ def test_self_ensemble_refuses_a_wan_vae_condition_and_other_guiders(pack, tmp_p
     from core.unimmvsr.checkpoint import init_from_t2v
     from harness.tiny_models import WAN22_TI2V, WAN_VARIANTS, build_wan
 
-    sd, meta = init_from_t2v({k: v.float() for k, v in build_wan(seed=3, **WAN_VARIANTS[WAN22_TI2V]).state_dict().items()})
+    sd, meta = init_from_t2v({k: v.float()
+                              for k, v in build_wan(seed=3, **WAN_VARIANTS[WAN22_TI2V]).state_dict().items()})
     save_file(sd, str(tmp_path / "wan22.safetensors"), metadata=meta)
     model = pack("model_loaders.unimmvsr").load_unimmvsr(str(tmp_path / "wan22.safetensors"), "wan22.safetensors")
-    LRCondition = pack("nodes.unimmvsr_upsampler").LRCondition
+    LRCondition = pack("core.unimmvsr.lr_condition").LRCondition
     cond = [[torch.zeros(1, 12, 4096), {}]]
 
     def guider(lr):
-        return pack("nodes.unimmvsr_guider").UniMMVSRGuider.execute(model, cond, cond, lr, 0.0, 0.0, 0.3, 0, 0, 128,
+        return pack("nodes.unimmvsr_guider").UniMMVSRGuiderNode.execute(model, cond, cond, lr, 0.0, 0.0, 0.3, 0, 0, 128,
                                                                     0, 8).result[0]
 
     node = pack("nodes.unimmvsr_self_ensemble").UniMMVSRSelfEnsemble
@@ -108,7 +109,7 @@ def test_self_ensemble_refuses_a_wan_vae_condition_and_other_guiders(pack, tmp_p
         node.execute(wan_vae, "flips x4")
     s2d = guider(LRCondition(torch.zeros(1, 48, 2, 4, 4), 0.0, spatial_factor=4, temporal_factor=1, space_to_depth=4))
     out = node.execute(s2d, "flips x4").result[0]
-    assert out is not s2d and len(out.ensemble) == 4 and s2d.ensemble == ((),)   # the cached guider is untouched
+    assert out is not s2d and len(out.copies) == 4 and s2d.copies == ((),)   # the cached guider is untouched
     # exact only from the LR start (Wan 2.2's per-channel normalisation would rescale flipped Gaussian noise)
     out.check_self_ensemble(model.model.process_latent_in(out.lr_condition.latent))
     with pytest.raises(ValueError, match="connect UniMMVSR Start From LR"):
@@ -116,7 +117,7 @@ def test_self_ensemble_refuses_a_wan_vae_condition_and_other_guiders(pack, tmp_p
     multi_gpu = pack("nodes.unimmvsr_multi_gpu").UniMMVSRMultiGPU
     with pytest.raises(ValueError, match="cannot be combined with UniMMVSR Multi-GPU yet"):
         multi_gpu.execute(out, 2, 0, "", "auto", 30.0)
-    with pytest.raises(ValueError, match="the self-ensemble cannot be combined with it yet"):
+    with pytest.raises(ValueError, match="Multi-GPU, which cannot be combined with UniMMVSR Self-Ensemble yet"):
         node.execute(multi_gpu.execute(s2d, 2, 0, "", "auto", 30.0).result[0], "flips x4")
     with pytest.raises(ValueError, match="copies: 'rotate' is not one of"):
         node.execute(s2d, "rotate")

@@ -1,4 +1,4 @@
-"""UniMMVSR through the real server on tiny Wan 2.1 models (UniMMVSR §3; SPEC §1)."""
+"""UniMMVSR through the real server on tiny Wan 2.1 models (UniMMVSR §3; docs/design.md §2–3)."""
 import pytest
 import torch
 
@@ -206,8 +206,6 @@ def test_references_of_another_aspect_ratio_are_padded(comfy):
 ])
 def test_bad_input_is_reported_and_the_server_goes_on(comfy, case, message):
     if case == "plain_wan_model":
-        g = Graph()
-        model = g.node("UNETLoader", unet_name=WAN21_T2V, weight_dtype="default")
         g = cascade_graph(comfy, comfy.prefix, model=None)
         g.nodes["plain"] = {"class_type": "UNETLoader", "inputs": {"unet_name": WAN21_T2V, "weight_dtype": "default"}}
         guider = next(k for k, v in g.nodes.items() if v["class_type"] == "UniCascadeUniMMVSRGuider")

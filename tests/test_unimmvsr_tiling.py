@@ -12,8 +12,8 @@ H, W = 16, 28                          # latent 16×28 (128×224 px): 2 rows × 
 def sample(pack, model, tile, frames=2, chunk=(0, 4)):
     import comfy.samplers
 
-    guider_node = pack("nodes.unimmvsr_guider").UniMMVSRGuider
-    LRCondition = pack("nodes.unimmvsr_upsampler").LRCondition
+    guider_node = pack("nodes.unimmvsr_guider").UniMMVSRGuiderNode
+    LRCondition = pack("core.unimmvsr.lr_condition").LRCondition
     g = torch.Generator().manual_seed(7)
     lr = LRCondition(torch.randn(1, 16, frames, H, W, generator=g) * 0.5, 200.0)
     positive = [[torch.randn(1, 12, 4096, generator=g), {}]]
@@ -58,9 +58,9 @@ def test_temporal_chunks_close_to_untiled(pack, unimmvsr):  # noqa: F811
 def test_lr_and_sampled_latent_must_match(pack, unimmvsr):  # noqa: F811
     import comfy.samplers
 
-    LRCondition = pack("nodes.unimmvsr_upsampler").LRCondition
+    LRCondition = pack("core.unimmvsr.lr_condition").LRCondition
     cond = [[torch.randn(1, 12, 4096), {}]]
-    guider = pack("nodes.unimmvsr_guider").UniMMVSRGuider.execute(
+    guider = pack("nodes.unimmvsr_guider").UniMMVSRGuiderNode.execute(
         unimmvsr, cond, cond, LRCondition(torch.zeros(1, 16, 3, 8, 8), 600.0), 3.0, 0.0, 0, 0, 0, 16, 0, 4).result[0]
     noise = torch.randn(1, 16, 2, 8, 8)
     with pytest.raises(ValueError, match="the LR condition is \\(3, 8, 8\\).*latent being sampled is \\(2, 8, 8\\)"):

@@ -6,8 +6,8 @@ rotation in float32 inside it, cast back like ComfyUI's apply_rope1);
 ``torch.compile`` region, so on a CPU Inductor emits a C++ kernel for the attention and fuses the RoPE arithmetic
 (static shapes: one compile per kind and shape of call, ~10–20 s each on 2 cores; Inductor's CPU FlexAttention
 with dynamic sizes fails to build in torch 2.14, so sizes stay static). The path for CPUs and
-for GPUs the Triton kernel does not serve. FlexAttention has no CPU backward: inference only; compiled on a CPU it cannot return the
-log-sum-exp either (None then; the eager path returns it).
+for GPUs the Triton kernel does not serve. FlexAttention has no CPU backward: inference only; compiled on a CPU
+it cannot return the log-sum-exp either (None then; the eager path returns it).
 Two measured specialisations keep the kernel near SDPA's speed on a CPU (benchmarks/attention_kernels.py):
 every call gets a prebuilt all-*full* BlockMask with 256 × 512 blocks (FlexAttention's default mask marks
 every block partial, so it evaluates a no-op mask per logit: ~6% slower), and a uniform table (one value c:

@@ -15,7 +15,6 @@ Triton and FlexAttention are imported only when a backend is first used.
 """
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 
@@ -80,28 +79,6 @@ def _groups(groups: torch.Tensor | None, length: int, device, n_groups: int, sid
                 _zero_groups.clear()
             _zero_groups[key] = torch.zeros(length, dtype=torch.int32, device=device)
         return _zero_groups[key]
-
-
-def interpreter_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-
-
-def triton_status() -> str | None:
-    """None when Triton imports; else why not."""
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception as e:  # ImportError, or a broken install raising something else
-        return f"Triton does not import ({type(e).__name__}: {e})"
-    return None
-
-
-def flex_status() -> str | None:
-    try:
-        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
-    except Exception as e:
-        return f"PyTorch FlexAttention does not import ({type(e).__name__}: {e})"
-    return None
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

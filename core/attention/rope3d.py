@@ -6,7 +6,7 @@ channels form the rotated pairs:
   ``[d − 4·(d//6), 2·(d//6), 2·(d//6)]`` (128 → 44/42/42, 64 → 24/20/20), θ = 10000, pair j rotates channels
   (2j, 2j+1) ("adjacent"), pairs ordered t, h, w; within an axis of width n pair i turns by
   ``pos · θ^(−2i/n)``.
-- MfM (SPEC §2): 1/4 : 3/8 : 3/8 (64 → 16/24/24), θ = 10000, interleaved pairs as the SPEC names them.
+- MfM (docs/design.md §8; core/mfm/rope.py): 1/4 : 3/8 : 3/8 (64 → 16/24/24), θ = 10000.
   ``pairing="half"`` (channel j with j + d/2, the rotate-half layout) is also supported for other models.
 
 ``positions_from_freqs`` reads the positions back out of a ComfyUI frequency tensor (so the fused kernels serve
@@ -43,12 +43,6 @@ class RopeSpec:
 def wan_rope_spec(head_dim: int, theta: float = 10000.0) -> RopeSpec:
     d = head_dim
     return RopeSpec((d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6)), theta, "adjacent")
-
-
-def mfm_rope_spec(head_dim: int, theta: float = 10000.0) -> RopeSpec:
-    t = head_dim // 4
-    h = (head_dim - t) // 2
-    return RopeSpec((t, h, head_dim - t - h), theta, "adjacent")
 
 
 def pair_frequencies(spec: RopeSpec, device=None) -> tuple[torch.Tensor, torch.Tensor]:

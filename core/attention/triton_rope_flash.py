@@ -5,8 +5,9 @@ One program handles BLOCK_M queries of one (batch, head): it loads them as two h
 second channel of every rotated pair), turns them by angles computed from the tokens' (t, h, w) positions and the
 per-pair frequency/axis tables (reduced modulo 2π in float32 parts, so far positions stay accurate), then streams
 BLOCK_N keys at a time, turning each key tile the same way, so rotated q and k exist only in registers:
-q·kᵀ = q_even·k_evenᵀ + q_odd·k_oddᵀ. Logits are multiplied by softmax scale and ``table[g_q, g_k]`` and go through the online softmax (base 2); keys past the end are masked to −inf, so any length
-works. The rotated halves are cast back to the input dtype before the dot products, as ComfyUI's apply_rope1 does.
+q·kᵀ = q_even·k_evenᵀ + q_odd·k_oddᵀ. Logits are multiplied by softmax scale and ``table[g_q, g_k]`` and go
+through the online softmax (base 2); keys past the end are masked to −inf, so any length works. The rotated
+halves are cast back to the input dtype before the dot products, as ComfyUI's apply_rope1 does.
 Returns the output and the natural-log log-sum-exp of the scaled logits per query.
 
 Imported lazily (it imports triton). On a CPU, only with TRITON_INTERPRET=1 set before triton is imported
@@ -23,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .backend_status import interpreter_enabled
 from .rope3d import RopeSpec, pair_frequencies, split_frequencies
 
 LOG2E = 1.4426950408889634
@@ -36,7 +38,7 @@ TWO_PI_LO = tl.constexpr(1.0253131677018246e-11)
 INV_TWO_PI = tl.constexpr(0.15915494309189535)
 
 
-def _rope_flash_fwd(Q, K, V, O, LSE, QPOS, KPOS, INV_HI, INV_LO, AXIS, QG, KG, TABLE,
+def _rope_flash_fwd(Q, K, V, O, LSE, QPOS, KPOS, INV_HI, INV_LO, AXIS, QG, KG, TABLE,  # noqa: E741 (FlashAttention's O)
                     qk_scale, Lq, Lk, H, n_kgroups,
                     sqb, sql, sqh, sqd, skb, skl, skh, skd, svb, svl, svh, svd, sob, sol, soh, sod,
                     HALF: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -162,8 +164,6 @@ def _frequencies(spec: RopeSpec, device) -> tuple[torch.Tensor, torch.Tensor, to
 def triton_rope_attention(q, k, v, q_positions, k_positions, rope: RopeSpec | None, q_groups, k_groups, table,
                           sm_scale: float, block_m: int | None = None, block_n: int | None = None,
                           interpret: bool | None = None):
-    from .fused import interpreter_enabled
-
     interpret = interpreter_enabled() if interpret is None else interpret
     if not interpret and not q.is_cuda:
         raise ValueError(f"the Triton kernel runs on CUDA tensors (got {q.device}); set TRITON_INTERPRET=1 to "

@@ -1,4 +1,4 @@
-"""A lossless space-to-depth video autoencoder (SPEC §7: the trained demo's autoencoder).
+"""A lossless space-to-depth video autoencoder (docs/design.md §7: the trained demo's autoencoder).
 
 Encode: each frame's f×f pixel blocks become channels (pixel unshuffle), in the VAE input range [−1, 1]:
 [T, H, W, 3] in [0, 1] → [1, 3·f², T, H/f, W/f]; decode is the exact inverse (pixel shuffle). No temporal

@@ -1,4 +1,4 @@
-"""MfM's light condition adapter (paper §3.1, Fig. 2; official ``light_adapter.py``; SPEC §2).
+"""MfM's light condition adapter (paper §3.1, Fig. 2; official ``light_adapter.py``; docs/design.md §9).
 
 Input: the unified 3D condition [B, 5, T, H, W] with channels R, G, B, depth, mask (RGB in [−1, 1] already
 multiplied by the mask; mask 1 = known). ``conv_in`` (2D, 5→16) then pairs of (channel-keeping 3×3 conv,

@@ -1,4 +1,4 @@
-"""Building MfM's unified condition for any of the 16 tasks (paper §3.1, Fig. 3; SPEC §2).
+"""Building MfM's unified condition for any of the 16 tasks (paper §3.1, Fig. 3; docs/design.md §9).
 
 The condition is pixels + depth + mask on one canvas of ``frames × height × width``:
 - pixels: RGB in [−1, 1], multiplied by the keep mask (unknown pixels are 0);
@@ -12,9 +12,9 @@ the start and the first ``clip_frames`` of clip B at the end; editing, colorizat
 super-resolution (the low-res video resized into the box), inpainting and outpainting (a keep mask): every frame,
 the first (len − 1)//4·4 + 1 frames of the input, at most ``frames``. Image tasks have one frame, motion 0.
 
-The same condition is also given in Wan VACE's terms (SPEC §5): control pixels known → kept, unknown → grey 0.5
-with control mask 1; for re-rendering tasks (editing, colorization, super-resolution) the whole condition video
-is the control signal with mask 1.
+The same condition is also given in Wan VACE's terms (docs/design.md §9): control pixels known → kept, unknown →
+grey 0.5 with control mask 1; for re-rendering tasks (editing, colorization, super-resolution) the whole condition
+video is the control signal with mask 1.
 """
 from __future__ import annotations
 

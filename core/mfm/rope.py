@@ -1,9 +1,11 @@
-"""MfM's 3D rotary position embedding (official ``embeddings.py``; SPEC §2; fact sheet §2.4).
+"""MfM's 3D rotary position embedding (official ``embeddings.py``; docs/design.md §8).
 
 Per head the dimension splits into t : h : w = Dh/4 : 3·Dh/8 : 3·Dh/8 (64 → 16/24/24). Each axis of width d has
 frequencies 1/θ^(2i/d), i < d/2, θ = 10000, and integer grid positions 0…n−1 (no interpolation); cos and sin are
 repeated per pair and the axes concatenated in t, h, w order. Pairs are *interleaved*: (2i, 2i+1) rotate together,
-rot(x) = (−x₁, x₀, −x₃, x₂, …) — unlike Wan, whose pairs are the two halves.
+rot(x) = (−x₁, x₀, −x₃, x₂, …) — the pairing of Wan too (ComfyUI's ``apply_rope1``, core/attention/rope3d.py
+"adjacent"); the two differ in how the head dimension is split between the axes (Wan: d − 4·(d//6), 2·(d//6),
+2·(d//6)). This is the pack's one MfM RoPE.
 """
 from __future__ import annotations
 

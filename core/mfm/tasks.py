@@ -1,4 +1,5 @@
-"""The 16 MfM tasks (paper §4, Appendix A) with the facts of the official inference code (SPEC §2).
+"""The 16 MfM tasks (paper §4, Appendix A) with the facts of the official inference code
+(docs/design.md §8–9; docs/mfm.md).
 
 Each task has the name the model was trained to read after ``#task:``, whether it is an image (1 frame) or a
 video task, whether it *generates* frames without a frame-wise condition (depth is then written only at the

@@ -1,5 +1,5 @@
 """The MfM video DiT (MfM §3; official ``transformer_3d.py``, ``goku_modules.py``, ``embeddings.py``,
-``normalization.py``; SPEC §2). Plain PyTorch with the official state-dict names, sized from the pipeline's
+``normalization.py``; docs/design.md §8). Plain PyTorch with the official state-dict names, sized from the pipeline's
 ``transformer/config.json``; ``operations`` lets a host supply its own Linear/Conv/LayerNorm (ComfyUI's casting
 and offloading ops) — torch.nn by default.
 
@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from .adapter import LightAdapter
 from .rope import rope_tables, rotate, rotations
@@ -89,9 +90,8 @@ class PatchEmbed(nn.Module):
         self.proj = ops.Conv2d(in_channels, dim, kernel_size=patch, stride=patch, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x.shape
-        y = self.proj(x.movedim(2, 1).reshape(b * t, c, h, w))
-        return y.reshape(b, t, *y.shape[1:]).movedim(1, 2)          # [B, D, T, h/p, w/p]
+        y = self.proj(rearrange(x, "b c t h w -> (b t) c h w"))    # each frame patchified on its own
+        return rearrange(y, "(b t) d hp wp -> b d t hp wp", b=x.shape[0])
 
 
 class AdaNormZero(nn.Module):
@@ -271,7 +271,7 @@ class MfMTransformer3D(nn.Module):
                              f"and length")
         tokens = patches + adapted
         grid = (t, h // p, w // p)
-        x = tokens.flatten(2).transpose(1, 2)
+        x = rearrange(tokens, "b d t hp wp -> b (t hp wp) d")
         c = self.time_embedder(timestep.to(x.device).float().expand(b), None if motion_score is None
                                else motion_score.to(x.device).float().flatten().expand(b), dtype)
         text_bias = None
@@ -284,5 +284,5 @@ class MfMTransformer3D(nn.Module):
         shift, scale = self.proj_out_1(F.silu(c)).float().chunk(2, dim=-1)
         x = (self.norm_out(x).float() * (1 + scale[:, None]) + shift[:, None]).to(dtype)
         x = self.proj_out_2(x)
-        x = x.reshape(b, t, h // p, w // p, p, p, self.out_channels)
-        return x.permute(0, 6, 1, 2, 4, 3, 5).reshape(b, self.out_channels, t, h, w)
+        # unpatchify: each token's features are (patch row, patch column, channel)
+        return rearrange(x, "b (t hp wp) (p1 p2 c) -> b c t (hp p1) (wp p2)", t=t, hp=h // p, wp=w // p, p1=p, p2=p)

@@ -1,4 +1,4 @@
-"""The Pyramid Reflection loop (UniVid §2.4, Alg. 1, A.6) with the fallbacks of SPEC §4.
+"""The Pyramid Reflection loop (UniVid §2.4, Alg. 1, A.6) with the fallbacks of docs/design.md §11.
 
 Per round r ≤ R: reconfigure the working set W from the cached embeddings (expand for static questions, MMR
 shrink for dynamic ones), the Actor answers from W in temporal order + the global caption C_g, the Evaluator
@@ -274,8 +274,8 @@ def run(question: str, pool: Pool, frame_embeddings: torch.Tensor, embed_text: C
 
 def _unaccepted_final(global_reply: str | None, rounds: list[dict], mode: str,
                       caption: GlobalCaption) -> tuple[str, str, list[int]]:
-    """No round accepted (SPEC §4): the caption answer; if it has not enough evidence or failed, the last round's
-    answer for a static question, the first round's for a dynamic one (skipping empty answers)."""
+    """No round accepted (docs/design.md §11): the caption answer; if it has not enough evidence or failed, the last
+    round's answer for a static question, the first round's for a dynamic one (skipping empty answers)."""
     text = (global_reply or "").strip()
     if text and not says_not_enough(text):
         return text, "global caption (no round accepted)", list(caption.positions)

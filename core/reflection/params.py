@@ -1,4 +1,5 @@
-"""Parameters of Pyramid Reflection with the paper's defaults (UniVid §3.1 implementation details, SPEC §4)."""
+"""Parameters of Pyramid Reflection with the paper's defaults (UniVid §3.1 implementation details,
+docs/design.md §11)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

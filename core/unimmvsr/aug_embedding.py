@@ -1,4 +1,4 @@
-"""The augmentation-timestep micro-condition (UniMMVSR §3.2 "Noise augmentation"; SPEC §1).
+"""The augmentation-timestep micro-condition (UniMMVSR §3.2 "Noise augmentation"; docs/design.md §2).
 
 t_aug (0…1000) → the same 1-D sinusoid Wan uses for its timestep (cos | sin halves, base 10000) → Linear → SiLU
 → Linear, added to the timestep embedding. The last layer starts at zero, so an upscaler initialised from a

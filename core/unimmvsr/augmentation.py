@@ -1,4 +1,4 @@
-"""Noise augmentation of the LR condition latent (UniMMVSR §3.2 "Noise augmentation"; SPEC §1, §7).
+"""Noise augmentation of the LR condition latent (UniMMVSR §3.2 "Noise augmentation"; docs/design.md §2, §12).
 
 The condition latent is noised by the forward flow process to an augmentation timestep t_aug ∈ [0, 1000]:
 z = (1 − σ)·z_LR + σ·ε with σ = t_aug / 1000 and unit-variance ε, and t_aug is given to the model as a

@@ -1,4 +1,4 @@
-"""The UniMMVSR checkpoint format on a Wan backbone (README "UniMMVSR checkpoints"; SPEC §1).
+"""The UniMMVSR checkpoint format on a Wan backbone (docs/design.md §5).
 
 A safetensors file whose metadata holds ``unimmvsr_format = "1"`` and:
 - ``unimmvsr_kind``: ``full`` (every weight) or ``delta`` (only what differs from the Wan T2V checkpoint named in
@@ -42,7 +42,8 @@ def backbone_of(t2v: dict[str, torch.Tensor]) -> str:
 
 
 def init_from_t2v(t2v: dict[str, torch.Tensor], seed: int = 0, id_start: int = PAPER_ID_START,
-                  video_start: int = PAPER_VIDEO_START, shift: float = DEFAULT_SHIFT) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+                  video_start: int = PAPER_VIDEO_START,
+                  shift: float = DEFAULT_SHIFT) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     backbone = backbone_of(t2v)
     out = dict(t2v)
     w = t2v["patch_embedding.weight"]

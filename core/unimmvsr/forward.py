@@ -1,4 +1,4 @@
-"""The UniMMVSR forward on a Wan backbone (UniMMVSR §3.2; SPEC §1) — the one implementation that sampling
+"""The UniMMVSR forward on a Wan backbone (UniMMVSR §3.2; docs/design.md §2) — the one implementation that sampling
 (samplers/unimmvsr_model.py, as a ComfyUI DIFFUSION_MODEL wrapper) and training (the trainer) both call.
 
 It works on a plain ComfyUI ``WanModel`` module (duck-typed: ``patch_size``, ``time_embedding``, ``rope_encode``,

@@ -21,24 +21,12 @@ DEFAULT_REFERENCE_STEPS = 15
 DEFAULT_REFERENCE_END = DEFAULT_REFERENCE_STEPS / DEFAULT_STEPS  # 0.30 of the trajectory
 
 
-def reference_scale_at(step_index: int, reference_scale: float, reference_steps: int) -> float:
-    """s_ref for step ``step_index`` of a schedule under the threshold N_ref (eq. 3)."""
-    return reference_scale if step_index < reference_steps else 0.0
-
-
 PROGRESS_TOLERANCE = 1e-4  # a step whose u sits on the threshold counts as past it (σ tables have 1e-3 resolution)
 
 
 def reference_on(u: float, reference_end: float) -> bool:
     """Eq. 3 by global progress: the reference term is on while u < N_ref / steps."""
     return u < reference_end - PROGRESS_TOLERANCE
-
-
-def evaluations_per_step(step_index: int, reference_scale: float, reference_steps: int,
-                         has_references: bool = True) -> int:
-    """Model evaluations a step needs: full and no-text always; no-reference only while s_ref ≠ 0."""
-    active = has_references and reference_scale_at(step_index, reference_scale, reference_steps) != 0.0
-    return 3 if active else 2
 
 
 def combine(full, no_text, no_reference, text_scale: float, reference_scale: float):

@@ -1,4 +1,4 @@
-"""Visual references for UniMMVSR (§3.2 "Visual references via token concatenation"; SPEC §1).
+"""Visual references for UniMMVSR (§3.2 "Visual references via token concatenation"; docs/design.md §2).
 
 ID images and reference videos are zero-padded in PIXEL space to the target (window) size before VAE encoding.
 A reference of another aspect ratio is first scaled to fit inside the target keeping its ratio (never up), then

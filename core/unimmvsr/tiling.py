@@ -1,4 +1,4 @@
-"""Tiled denoising for 4K (SPEC §1 "4K"): spatial latent tiles with overlap, temporal chunks with overlap,
+"""Tiled denoising for 4K (docs/design.md §4): spatial latent tiles with overlap, temporal chunks with overlap,
 blended with feathered weights at every step so no seam appears, and memory bounded by the tile.
 
 Tiles are placed with a stride of ``tile − overlap`` and the last one aligned to the far edge, so every tile has

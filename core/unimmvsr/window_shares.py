@@ -1,4 +1,4 @@
-"""Which rank denoises which window (SPEC §1 "4K"; multi-GPU tiling).
+"""Which rank denoises which window (docs/design.md §4; multi-GPU tiling).
 
 The windows of a step are independent until they are blended, so a step spreads over ranks with one reduction.
 A window's cost is its transformer work: per block, the linear layers grow as 24·n·d² (q, k, v, o and a 4d FFN)

@@ -1,4 +1,4 @@
-"""The trainer's TOML configuration (UniMMVSR §3.3–3.4, A.4; SPEC §1 "Training").
+"""The trainer's TOML configuration (UniMMVSR §3.3–3.4, A.4; docs/design.md §6).
 
 One file describes a whole run: the parent model, the data, the degradation, the optimisation and the
 difficult → easy curriculum as a list of ``[[stages]]``, each with its own step count, frame count, size and task
@@ -14,7 +14,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
-from .degradation import DegradationConfig
+from .degradation import SyntheticDegradation
 
 AUGMENTATIONS = ("hflip", "vflip", "transpose", "reverse", "channels")  # samples.augment applies them
 LOSSES = ("mse", "l1")                     # trainer.flow_matching_losses computes them
@@ -29,7 +29,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    parent: str                          # Wan T2V diffusion model (.safetensors), or a UniMMVSR checkpoint to go on from
+    parent: str                          # Wan T2V diffusion model (.safetensors), or a UniMMVSR
+                                         # checkpoint to go on from
     vae: str                             # the backbone's VAE (.safetensors, ComfyUI's VAE class), or "space_to_depth:F"
     text_encoder: str = ""               # umt5 (.safetensors) for ComfyUI's CLIP loader; or "" with a text cache
     text_encoder_type: str = "wan"       # ComfyUI CLIPType name
@@ -68,9 +69,10 @@ class DataConfig:
     crop_aspect: tuple = ()              # [lo, hi]: then stretch it by a random height/width ratio (log-uniform)
     crop: str = "native"                 # native: random crops of the clip's own pixels (scaled up only if smaller);
                                          # cover: the whole frame scaled to cover the stage size, then cropped
-    augmentations: tuple = field(default_factory=tuple)  # per-sample augmentations (AUGMENTATIONS; samples.augment): hflip, vflip,
-                                         # transpose, reverse, channels — each applied with probability 1/2 (a random
-                                         # channel order for "channels") to the target window and its references alike
+    augmentations: tuple = field(default_factory=tuple)  # per-sample augmentations (AUGMENTATIONS; samples.augment):
+                                         # hflip, vflip, transpose, reverse, channels — each applied with probability
+                                         # 1/2 (a random channel order for "channels") to the target window and its
+                                         # references alike
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,8 @@ class DegradationSettings:
     sdedit_shift: float = 0.0            # the base model's flow shift for SDEdit's schedule (0 = the model's own, as
                                          # loaded): with k it sets how much of the LR SDEdit keeps (A.4, Table 4)
     synthetic: bool = True               # blur / noise / resize / compression after SDEdit
-    ranges: DegradationConfig = field(default_factory=DegradationConfig)   # [degradation.ranges]: the synthetic
-                                         # ops' probabilities and ranges (degradation.DegradationConfig's fields)
+    ranges: SyntheticDegradation = field(default_factory=SyntheticDegradation)   # [degradation.ranges]: the synthetic
+                                         # ops' probabilities and ranges (degradation.SyntheticDegradation's fields)
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,8 @@ class TrainingSettings:
     compile: bool = False                # torch.compile each Wan block (inductor: a C++ compiler on the CPU, Triton on
                                          # a GPU); the first steps of each sample shape pay the compilation
     ema_decay: float = 0.0               # 0 = no EMA
-    lora_rank: int = 0                   # 0 = full fine-tune; > 0 = LoRA on the blocks' linear layers (merged on export)
+    lora_rank: int = 0                   # 0 = full fine-tune; > 0 = LoRA on the blocks' linear layers
+                                         # (merged on export)
     lora_alpha: float = 0.0              # 0 = rank
     one_task_per_step: bool = False      # every slot of a step gets the same task, drawn from the stage's mix per step
                                          # (the marginal mix is unchanged): one reference layout per batch, so a
@@ -211,10 +214,10 @@ def _build(cls, table: dict, where: str):
         raise ConfigError(f"[{where}]: {e}") from None
 
 
-def _ranges(table) -> DegradationConfig:
-    """[degradation.ranges] → DegradationConfig (lists become tuples); its own checks name the key."""
+def _ranges(table) -> SyntheticDegradation:
+    """[degradation.ranges] → SyntheticDegradation (lists become tuples); its own checks name the key."""
     _check(isinstance(table, dict), "[degradation.ranges]: a table of the synthetic degradation's settings")
-    names = {f.name: f.default for f in dataclasses.fields(DegradationConfig)}
+    names = {f.name: f.default for f in dataclasses.fields(SyntheticDegradation)}
     unknown = sorted(set(table) - set(names))
     _check(not unknown, f"[degradation.ranges]: unknown key(s) {', '.join(unknown)} (known: {', '.join(names)})")
     kwargs = {}
@@ -226,9 +229,9 @@ def _ranges(table) -> DegradationConfig:
             raise ConfigError(f"[degradation.ranges] {key}: expected a number, got {value!r}")
         kwargs[key] = value
     try:
-        return DegradationConfig(**kwargs)
+        return SyntheticDegradation(**kwargs)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"[degradation.ranges]: {e}".replace("DegradationConfig.", "")) from None
+        raise ConfigError(f"[degradation.ranges]: {e}".replace("SyntheticDegradation.", "")) from None
 
 
 def _check(cond: bool, message: str) -> None:
@@ -299,11 +302,13 @@ def parse(data: dict, source: str = "", base_dir: str = "") -> TrainConfig:
            f"[data] augmentations: distinct names among {', '.join(AUGMENTATIONS)}")
     _check("transpose" not in dat.augmentations or all(st.width == st.height for st in stages),
            "[data] augmentations: transpose needs square crops (every stage's width = height)")
-    _check(len(dat.crop_rescale) in (0, 2) and all(0 < v for v in dat.crop_rescale), "[data] crop_rescale: [] or [lo, hi] > 0")
+    _check(len(dat.crop_rescale) in (0, 2) and all(0 < v for v in dat.crop_rescale),
+           "[data] crop_rescale: [] or [lo, hi] > 0")
     _check(len(dat.crop_aspect) in (0, 2) and all(0 < v for v in dat.crop_aspect)
            and (not dat.crop_aspect or dat.crop_aspect[0] <= dat.crop_aspect[1]),
            "[data] crop_aspect: [] or [lo, hi] with 0 < lo ≤ hi")
-    _check(len(dat.reference_gap) in (0, 2) and (not dat.reference_gap or 1 <= dat.reference_gap[0] <= dat.reference_gap[1]),
+    _check(len(dat.reference_gap) in (0, 2)
+           and (not dat.reference_gap or 1 <= dat.reference_gap[0] <= dat.reference_gap[1]),
            "[data] reference_gap: [] or [min, max] frames with 1 ≤ min ≤ max")
     _check(tr.micro_batch >= 1 and tr.batch_size >= tr.micro_batch, "[training] need batch_size ≥ micro_batch ≥ 1")
     _check(tr.keep_last >= 0, "[training] keep_last must be ≥ 0 (0 keeps every checkpoint)")

@@ -1,18 +1,17 @@
-"""Classic synthetic degradations of the LR video, applied after SDEdit (UniMMVSR §3.3, A.4, Fig. 9; SPEC §1).
+"""Classic synthetic degradations of the LR video, applied after SDEdit (UniMMVSR §3.3, A.4, Fig. 9; docs/design.md §6).
 
 The paper's pipeline is SDEdit degradation with the T2V base model, then "traditional synthetic degradation to
 introduce high-frequency degradation pattern" (A.4): blur, noise, resize and compression (§3.3). The paper
 gives no parameters for this second stage; ours are a single, lighter pass of the Real-ESRGAN / RealBasicVSR
-recipe (see ``DegradationConfig``), in RealBasicVSR's order:
+recipe (see ``SyntheticDegradation``), in RealBasicVSR's order:
 
     Gaussian blur → resize to the LR size → Gaussian noise → JPEG → video codec (H.264 or MPEG-4 Part 2)
 
 Parameters are drawn once per clip from ``numpy.random.default_rng(seed)`` (``sample_degradation_params``), so
 every frame of a clip gets the same blur, interpolation, noise level and codec setting; the noise itself is
-independent per frame (drawn from its own recorded seed). ``degrade`` runs on the CPU with OpenCV and PyAV;
-``degrade_batch_kornia`` runs blur, resize and noise on any device with kornia from the same draws.
+independent per frame (drawn from its own recorded seed). ``degrade`` runs on the CPU with OpenCV and PyAV.
 
-OpenCV (``cv2``), PyAV (``av``) and kornia are imported inside the functions that use them: this package is
+OpenCV (``cv2``) and PyAV (``av``) are imported inside the functions that use them: this package is
 never imported by the ComfyUI nodes, and must not slow any start-up that does import it.
 """
 from __future__ import annotations
@@ -20,7 +19,6 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -32,15 +30,16 @@ RANGE_TOLERANCE = 1e-4  # float rounding of an upstream resize may leave values 
 
 
 @dataclass(frozen=True)
-class DegradationConfig:
+class SyntheticDegradation:
     """Probabilities and uniform sampling ranges of the synthetic degradations (UniMMVSR §3.3, A.4).
 
-    The paper names the ops (blur, noise, resize, compression) but gives no values. Sources: Real-ESRGAN (Wang et al., ICCVW 2021) second-order pipeline and its RealBasicVSR (Chan et al.,
-    CVPR 2022) video version: blur σ ∈ [0.2, 3] (first order) / [0.2, 1.5] with p 0.8 (second order); resize with
-    area / bilinear / bicubic, 1/3 each; Gaussian noise σ ∈ [1, 30]/255, gray noise with p 0.4; JPEG quality
-    ∈ [30, 95]; video compression with libx264 / h264 / mpeg4 (RealBasicVSR). UniMMVSR's LR input already went
-    through SDEdit with the base model (§3.3, A.4), so one lighter pass is enough: the second-order blur range,
-    a third of the noise, JPEG and codecs no worse than ordinary web video, and each optional op with p 0.5.
+    The paper names the ops (blur, noise, resize, compression) but gives no values. Sources: Real-ESRGAN (Wang et al.,
+    ICCVW 2021) second-order pipeline and its RealBasicVSR (Chan et al., CVPR 2022) video version: blur σ ∈ [0.2, 3]
+    (first order) / [0.2, 1.5] with p 0.8 (second order); resize with area / bilinear / bicubic, 1/3 each; Gaussian
+    noise σ ∈ [1, 30]/255, gray noise with p 0.4; JPEG quality ∈ [30, 95]; video compression with libx264 / h264 / mpeg4
+    (RealBasicVSR). UniMMVSR's LR input already went through SDEdit with the base model (§3.3, A.4), so one lighter pass
+    is enough: the second-order blur range, a third of the noise, JPEG and codecs no worse than ordinary web video, and
+    each optional op with p 0.5.
 
     - ``blur_probability`` 0.5, ``blur_sigma_range`` (0.2, 1.5) px: isotropic Gaussian (cv2.GaussianBlur), kernel
       size 2·⌈3σ⌉ + 1, reflect-101 borders.
@@ -75,7 +74,7 @@ class DegradationConfig:
                      "video_probability"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"DegradationConfig.{name} = {value} is not a probability in [0, 1]")
+                raise ValueError(f"SyntheticDegradation.{name} = {value} is not a probability in [0, 1]")
         _check_range("blur_sigma_range", self.blur_sigma_range, 1e-6, 50.0)
         _check_range("noise_std_range", self.noise_std_range, 0.0, 1.0)
         _check_range("jpeg_quality_range", self.jpeg_quality_range, 1, 100, integer=True)
@@ -84,23 +83,23 @@ class DegradationConfig:
         _check_choices("resize_interpolations", self.resize_interpolations, INTERPOLATIONS)
         _check_choices("video_codecs", self.video_codecs, VIDEO_CODECS)
         if int(self.video_fps) != self.video_fps or self.video_fps < 1:
-            raise ValueError(f"DegradationConfig.video_fps = {self.video_fps} must be a positive integer")
+            raise ValueError(f"SyntheticDegradation.video_fps = {self.video_fps} must be a positive integer")
 
 
 def _check_range(name, bounds, low, high, integer=False):
     if len(bounds) != 2 or not low <= bounds[0] <= bounds[1] <= high:
-        raise ValueError(f"DegradationConfig.{name} = {bounds} must be (lo, hi) with {low} ≤ lo ≤ hi ≤ {high}")
+        raise ValueError(f"SyntheticDegradation.{name} = {bounds} must be (lo, hi) with {low} ≤ lo ≤ hi ≤ {high}")
     if integer and any(int(b) != b for b in bounds):
-        raise ValueError(f"DegradationConfig.{name} = {bounds} must hold integers")
+        raise ValueError(f"SyntheticDegradation.{name} = {bounds} must hold integers")
 
 
 def _check_choices(name, values, allowed):
     if not values or any(v not in allowed for v in values):
-        raise ValueError(f"DegradationConfig.{name} = {values} must be a non-empty subset of {allowed}")
+        raise ValueError(f"SyntheticDegradation.{name} = {values} must be a non-empty subset of {allowed}")
 
 
 def blur_kernel_size(sigma: float) -> int:
-    """Odd Gaussian kernel size covering ±3σ: 2·⌈3σ⌉ + 1 (used by both the OpenCV and the kornia path)."""
+    """Odd Gaussian kernel size covering ±3σ: 2·⌈3σ⌉ + 1."""
     return 2 * math.ceil(3 * sigma) + 1
 
 
@@ -108,7 +107,7 @@ def blur_kernel_size(sigma: float) -> int:
 # Parameter draws
 
 
-def sample_degradation_params(seed: int, config: DegradationConfig = DegradationConfig()) -> dict:
+def sample_degradation_params(seed: int, config: SyntheticDegradation = SyntheticDegradation()) -> dict:
     """The degradation of one clip for a seed: ``{op: {"applied": bool, **parameters}}`` for every op in OPERATIONS.
 
     Parameters are listed only for applied ops. Every call makes the same fixed sequence of draws from
@@ -184,7 +183,7 @@ def _lr_size(height: int, width: int, scale: int) -> tuple[int, int]:
 
 
 def degrade(frames: torch.Tensor, scale: int, seed: int,
-            config: DegradationConfig = DegradationConfig()) -> tuple[torch.Tensor, dict]:
+            config: SyntheticDegradation = SyntheticDegradation()) -> tuple[torch.Tensor, dict]:
     """Degrade one clip ``[T, H, W, 3]`` float in [0, 1] to ``[T, H/scale, W/scale, 3]`` float32 in [0, 1].
 
     ``scale`` 1 keeps the size (the resize op is then the identity, e.g. on SDEdit output already at the LR
@@ -297,68 +296,3 @@ def video_codec_round_trip(video: np.ndarray, codec_params: dict, fps: int = 16)
     if len(decoded) != t:
         raise RuntimeError(f"{codec} round trip returned {len(decoded)} frames for {t}")
     return np.stack(decoded)[:, :height, :width].astype(np.float32) / 255.0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# kornia path (any device)
-
-KORNIA_OPERATIONS = ("blur", "resize", "noise")
-KORNIA_SKIPPED = "not run by degrade_batch_kornia (codecs need the CPU path: degrade)"
-
-
-def degrade_batch_kornia(frames: torch.Tensor, scale: int, seed: int | Sequence[int],
-                         config: DegradationConfig = DegradationConfig()) -> tuple[torch.Tensor, list[dict]]:
-    """Blur → resize → noise of ``[B, T, 3, H, W]`` float [0, 1] clips on their device → ``[B, T, 3, H/s, W/s]``.
-
-    Clip b uses the parameters ``sample_degradation_params(seeds[b], config)`` — the very draws ``degrade``
-    makes — with ``seeds = seed`` when a sequence of B seeds is given, else ``seed + b``. Blur (same kernel
-    size, reflect-101 borders) and resize (area = block mean, bilinear/bicubic without antialiasing, half-pixel
-    centres) reproduce OpenCV's results to float rounding. The noise has the same std and gray/colour choice
-    but another realisation (torch's generator on the device, seeded with the recorded noise seed).
-    JPEG and video compression are SKIPPED: their records say ``"applied": False`` and, when the draw asked
-    for them, ``"skipped"`` with the drawn parameters so a caller can run them on the CPU.
-    """
-    import kornia
-
-    if not isinstance(frames, torch.Tensor) or frames.dim() != 5 or frames.shape[2] != 3:
-        raise ValueError(f"frames must be a tensor [B, T, 3, H, W], got "
-                         f"{tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__}")
-    _check_values(frames, "frames")
-    b, t, _, height, width = frames.shape
-    _check_scale(scale, height, width)
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        _check_seed(seed)
-        seeds = [int(seed) + i for i in range(b)]
-    else:
-        seeds = [int(s) for s in seed]
-        if len(seeds) != b:
-            raise ValueError(f"{len(seeds)} seeds for a batch of {b} clips")
-    lr_h, lr_w = _lr_size(height, width, scale)
-
-    outputs, records = [], []
-    for clip, clip_seed in zip(frames, seeds):
-        params = sample_degradation_params(clip_seed, config)
-        x = clip.float().clamp(0, 1)  # [T, 3, H, W]
-        if params["blur"]["applied"]:
-            k, sigma = params["blur"]["kernel_size"], params["blur"]["sigma"]
-            x = kornia.filters.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="reflect")
-        params["resize"]["size"] = [lr_h, lr_w]
-        if (lr_h, lr_w) != (height, width):
-            mode = params["resize"]["interpolation"]
-            x = kornia.geometry.transform.resize(x, (lr_h, lr_w), interpolation=mode,
-                                                 align_corners=None if mode == "area" else False, antialias=False)
-            x = x.clamp(0, 1)
-        if params["noise"]["applied"]:
-            noise = params["noise"]
-            generator = torch.Generator(device=x.device).manual_seed(noise["seed"])
-            field = torch.randn((t, 1 if noise["gray"] else 3, lr_h, lr_w), generator=generator, device=x.device)
-            x = (x + field * noise["std"]).clamp(0, 1)
-        for op in OPERATIONS:
-            if op not in KORNIA_OPERATIONS and params[op]["applied"]:
-                params[op] = {"applied": False, "skipped": KORNIA_SKIPPED,
-                              **{k: v for k, v in params[op].items() if k != "applied"}}
-        outputs.append(x)
-        records.append({"seed": clip_seed, "scale": int(scale), "input_size": [t, height, width],
-                        "output_size": [t, lr_h, lr_w], "applied": [op for op in OPERATIONS if params[op]["applied"]],
-                        **params})
-    return torch.stack(outputs), records

@@ -66,7 +66,8 @@ def read(path: str) -> list[Item]:
                 raise ManifestError(f"{path} line {n}: \"id_images\" must be a list of paths")
             boxes = entry.get("id_boxes", [])
             if boxes and (not isinstance(boxes, list) or len(boxes) != len(ids) or not all(
-                    isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) for b in boxes)):
+                    isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)
+                    for b in boxes)):
                 raise ManifestError(f"{path} line {n}: \"id_boxes\" must hold one [x0, y0, x1, y1] per ID image")
             ref = entry.get("reference_video", "")
             items.append(Item(n, os.path.join(root, entry["video"]), entry["prompt"],

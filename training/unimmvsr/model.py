@@ -1,6 +1,6 @@
 """The model being trained: ComfyUI's own Wan backbone with the UniMMVSR parts, made exactly as the UniMMVSR
 Loader node makes it (model_loaders/unimmvsr.build_unimmvsr), and its forward is core.unimmvsr.forward — the
-function the sampler runs (SPEC §1: "init from a pretrained T2V model").
+function the sampler runs (docs/design.md §6: training starts from a pretrained T2V model).
 
 - The parent: a Wan T2V diffusion model (any variant ComfyUI loads: 2.1 1.3B/14B, 2.2 TI2V 5B); new weights start
   at zero (core.unimmvsr.checkpoint.init_from_t2v), so step 0 predicts what the parent predicts. A UniMMVSR
@@ -187,7 +187,7 @@ def training_state_dict(module, ema: dict | None, sharded: bool) -> dict[str, to
 
 def export(wan_sd: dict, meta: dict, path: str, *, kind: str = "full", parent_path: str = "", lora_scale: float = 1.0,
            extra_meta: dict | None = None, dtype=torch.float16) -> str:
-    """Write the documented checkpoint (README "UniMMVSR checkpoints") at ``path`` from a backbone state dict."""
+    """Write the documented checkpoint (docs/design.md §5) at ``path`` from a backbone state dict."""
     from safetensors.torch import save_file
 
     sd = {k: v.to(dtype) for k, v in merged_state_dict(wan_sd, lora_scale).items()}

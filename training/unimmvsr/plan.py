@@ -99,7 +99,7 @@ class Shape:
     text_tokens: int
 
 
-def vae_factors(vae: str, channels: int) -> tuple[int, int, str]:
+def planned_vae_factors(vae: str, channels: int) -> tuple[int, int, str]:
     """(time, space) compression of the config's VAE: space-to-depth:F keeps time and folds F×F pixels; the Wan 2.1
     VAE (16 channels) is 4× time, 8× space; the Wan 2.2 VAE (48 channels) 4× time, 16× space."""
     if vae.startswith("space_to_depth"):
@@ -114,7 +114,7 @@ def stage_shape(cfg, stage, arch: Architecture) -> Shape:
     """Tokens of one sample of ``stage``: the target window, plus its references — ``max_id_images`` one-frame ID
     images for MI2V, and for editing a reference video of the target's length (the trainer takes it as long as the
     window when the clip allows) — the larger of the two when both tasks are in the mix (a sample has one task)."""
-    ft, fs, label = vae_factors(cfg.model.vae, arch.channels)
+    ft, fs, label = planned_vae_factors(cfg.model.vae, arch.channels)
     t = 1 + (stage.frames - 1) // ft
     h, w = math.ceil(stage.height / fs), math.ceil(stage.width / fs)
     per_frame = math.ceil(h / PATCH[1]) * math.ceil(w / PATCH[2])

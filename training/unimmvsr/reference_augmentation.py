@@ -1,4 +1,4 @@
-"""Reference augmentation (UniMMVSR §3.4 "reference augmentation", A.2, Table 3; SPEC §1).
+"""Reference augmentation (UniMMVSR §3.4 "reference augmentation", A.2, Table 3; docs/design.md §6).
 
 ID images are extracted from the training clip itself, so without augmentation the model would learn to copy
 them; Table 3 transforms them to mimic the cross-pair test scenario. Per image, in the table's order:

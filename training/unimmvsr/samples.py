@@ -98,8 +98,9 @@ def crop_box(height: int, width: int, out_w: int, out_h: int, mode: str, rng: np
 def apply_crop(frames: torch.Tensor, box, width: int, height: int) -> torch.Tensor:
     """[T, h, w, 3] uint8/float → [T, height, width, 3] float in [0, 1] cut by ``crop_box``'s box.
 
-    Equal to scaling the whole frames (area along an axis that shrinks, bicubic along one that grows) and cutting the box out; a
-    shrink touches only the source pixels under the box (``_area_window``), so big frames cost what the crop costs."""
+    Equal to scaling the whole frames (area along an axis that shrinks, bicubic along one that grows) and cutting the
+    box out; a shrink touches only the source pixels under the box (``_area_window``), so big frames cost what the
+    crop costs."""
     scale, top, left = box
     sy, sx = scale if isinstance(scale, tuple) else (scale, scale)
     t, h, w, _ = frames.shape
@@ -115,7 +116,8 @@ def apply_crop(frames: torch.Tensor, box, width: int, height: int) -> torch.Tens
     x = _as_float(frames).movedim(-1, 1)
     for size, grow in (((nh, w), nh > h), ((nh, nw), nw > w)):   # one axis at a time: a stretch may shrink one
         if size != tuple(x.shape[-2:]):                           # and enlarge the other
-            x = F.interpolate(x, size=size, **({"mode": "bicubic", "align_corners": False} if grow else {"mode": "area"}))
+            x = F.interpolate(x, size=size,
+                              **({"mode": "bicubic", "align_corners": False} if grow else {"mode": "area"}))
     return x.clamp(0, 1)[:, :, top:top + height, left:left + width].movedim(1, -1).contiguous()
 
 
@@ -175,8 +177,8 @@ def augment(frames: torch.Tensor, plan: dict, temporal: bool = True) -> torch.Te
 
 def subject_box(height: int, width: int, area: tuple, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) of a random box covering a fraction of the frame drawn in ``area`` (lo, hi), aspect ratio
-    log-uniform in [1/2, 2]: the stand-in for a subject crop when the manifest gives no box (README "Training
-    data")."""
+    log-uniform in [1/2, 2]: the stand-in for a subject crop when the manifest gives no box (docs/design.md
+    §14)."""
     fraction = float(rng.uniform(area[0], area[1]))
     ratio = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
     h = min(height, max(1, round(np.sqrt(fraction * height * width * ratio))))
@@ -306,7 +308,7 @@ class SampleBuilder:
         return sample
 
     def _id_images(self, item, clip, start, n, box, plan, stage, rng, record) -> list[torch.Tensor]:
-        """1…max ID images (§3.3), as inference gets them (README "Training data"): a subject crop — the
+        """1…max ID images (§3.3), as inference gets them (docs/design.md §14): a subject crop — the
         manifest's ``id_boxes``, else a random box of ``[data] id_crop`` of the frame — augmented as Table 3
         says, then scaled to fit and grey-padded to the HR size by the References node's own ``pad_to``."""
         from .reference_augmentation import augment_reference

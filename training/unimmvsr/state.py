@@ -168,7 +168,8 @@ def save(directory: str, step: int, module, optimizer, ema: dict | None, info: d
 
 def steps(directory: str) -> list[str]:
     """The complete step folders under ``directory``, oldest first (a ``.tmp`` one is an interrupted write)."""
-    return sorted(p for p in glob.glob(os.path.join(directory, "step_*")) if re.fullmatch(r"step_\d+", os.path.basename(p)))
+    return sorted(p for p in glob.glob(os.path.join(directory, "step_*"))
+                  if re.fullmatch(r"step_\d+", os.path.basename(p)))
 
 
 def latest(directory: str) -> str | None:

@@ -1,4 +1,4 @@
-"""The UniMMVSR training loop (UniMMVSR §3.3–3.4; SPEC §1 "Training").
+"""The UniMMVSR training loop (UniMMVSR §3.3–3.4; docs/design.md §6).
 
 Per optimizer step: the curriculum's stage gives the frame count, size and task mix; each slot of the global batch
 draws a sample (curriculum.sample_rng), its pixels are degraded and encoded (or read from the cache), and the loss
@@ -24,7 +24,7 @@ import torch
 
 from ...core.unimmvsr.augmentation import augmentation_noise, lr_condition
 from ...core.unimmvsr.forward import ReferenceTokens, reference_tokens
-from . import distributed, manifest, state
+from . import manifest, process_group, state
 from .config import LOSSES
 from .curriculum import slot_of, stage_at
 from .encoding import LatentEncoder, LatentSample, TextEncoder
@@ -135,11 +135,11 @@ def flow_matching_loss(module, latents: LatentSample, draw, process_in, timestep
 def flow_matching_losses(module, batch, process_in, timestep_of, id_start: int, video_start: int, device,
                          autocast_dtype, noise: str = "gaussian", loss: str = "mse") -> torch.Tensor:
     """Per-sample MSE (or L1, ``loss``) [B] between the prediction and ε − z_HR at each sample's σ, for ``batch`` =
-    [(draw, latents)] of one shape (``shape_key``) in ONE forward. ``noise`` says what ε is: gaussian (the paper); zero (at σ = 1 the
-    model regresses −z_HR from the conditions alone); lr — the clean LR latent, so z_1 is the LR video and the
-    target ε − z_HR the residual it lacks. ``loss`` "l1" takes the mean absolute error instead of the squared one.
-    Every sample keeps its own σ, t_aug, noise seeds, prompt and references, so a batch computes what the same
-    samples one by one compute (up to float summation order)."""
+    [(draw, latents)] of one shape (``shape_key``) in ONE forward. ``noise`` says what ε is: gaussian (the paper); zero
+    (at σ = 1 the model regresses −z_HR from the conditions alone); lr — the clean LR latent, so z_1 is the LR video and
+    the target ε − z_HR the residual it lacks. ``loss`` "l1" takes the mean absolute error instead of the squared one.
+    Every sample keeps its own σ, t_aug, noise seeds, prompt and references, so a batch computes what the same samples
+    one by one compute (up to float summation order)."""
     if loss not in LOSSES:
         raise ValueError(f"flow_matching_losses: loss must be {' or '.join(LOSSES)}, not {loss!r}")
     inputs, targets, contexts, references = [], [], [], []
@@ -212,7 +212,8 @@ class Trainer:
         if self.clip is None and cfg.model.text_encoder:
             self.clip = comfy.sd.load_clip([cfg.path(cfg.model.text_encoder)],
                                            clip_type=getattr(comfy.sd.CLIPType, cfg.model.text_encoder_type.upper()))
-        self.text = TextEncoder(self.clip, cfg.path(cfg.data.text_cache_dir or cfg.data.cache_dir), cfg.data.text_tokens,
+        self.text = TextEncoder(self.clip, cfg.path(cfg.data.text_cache_dir or cfg.data.cache_dir),
+                                cfg.data.text_tokens,
                                 dtype=torch.bfloat16 if cfg.training.mixed_precision == "bf16" else torch.float32,
                                 memory_mb=cfg.data.text_memory_mb)
         self.latents = LatentEncoder(self.vae, cfg.path(cfg.data.cache_dir), cfg.data.latent_cache_gb,
@@ -257,11 +258,11 @@ class Trainer:
 
     # -- the run --------------------------------------------------------------------------------------
     def run(self) -> RunResult:
-        dist = distributed.setup(self.device_choice)
+        dist = process_group.setup(self.device_choice)
         try:
             return self._run(dist)
         finally:
-            distributed.teardown(dist)
+            process_group.teardown(dist)
 
     def _run(self, dist) -> RunResult:
         cfg, tr = self.cfg, self.cfg.training
@@ -285,7 +286,7 @@ class Trainer:
         timestep_of = patcher.get_model_object("model_sampling").timestep
         if tr.compile:  # per block, before DDP/FSDP wrapping (torchtitan's order)
             compile_blocks(wan, dist.device)
-        model = distributed.wrap(module, dist, tr.sharding)
+        model = process_group.wrap(module, dist, tr.sharding)
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=tr.learning_rate, betas=tr.betas, weight_decay=tr.weight_decay)
         ema = {n: p.detach().clone().float() for n, p in module.named_parameters() if p.requires_grad} \
@@ -293,7 +294,8 @@ class Trainer:
         reserve_for_training(module, dist.device, tr.ema_decay > 0)
         per_step = tr.micro_batch * dist.world_size
         if tr.batch_size % per_step:
-            raise ValueError(f"[training] batch_size {tr.batch_size} is not a multiple of micro_batch × ranks = {per_step}")
+            raise ValueError(f"[training] batch_size {tr.batch_size} is not a multiple of "
+                             f"micro_batch × ranks = {per_step}")
         accumulation = tr.batch_size // per_step
         batched = not (dist.active and tr.sharding == "fsdp")  # one forward per shape group of a micro-batch
         result = RunResult(0, "")
@@ -354,19 +356,20 @@ class Trainer:
                             if n in ema:
                                 ema[n].lerp_(p.detach().float(), 1.0 - tr.ema_decay)
                 step += 1
-                mean_loss = distributed.all_sum(dist, loss_sum) / tr.batch_size
+                mean_loss = process_group.all_sum(dist, loss_sum) / tr.batch_size
                 seconds = time.perf_counter() - t0
                 result.losses.append((step, mean_loss))
                 if dist.main:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", stage=stage.name, samples_s=f"{tr.batch_size / seconds:.2f}")
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", stage=stage.name,
+                                    samples_s=f"{tr.batch_size / seconds:.2f}")
                     if step % tr.log_every == 0:
                         self._log(writer, csv_file, step, {"loss": mean_loss, "samples_per_s": tr.batch_size / seconds,
                                                            "stage": stage_index, "learning_rate": rate})
                 info = {"skipped": result.skipped, "config": cfg.source, "data_sha256": data_hash}
                 if step % tr.save_every == 0 or step == total:
                     state.save(ckpt_dir, step, module, optimizer, ema, info, dist.main, tr.keep_last)
-                    distributed.barrier(dist)
+                    process_group.barrier(dist)
                 if self.validation_items and (step % tr.validate_every == 0 or step == total):
                     metrics = self._validate(patcher, module, ema, dist, stage, process_in, timestep_of)
                     if metrics is not None:
@@ -395,7 +398,7 @@ class Trainer:
                    extra_meta=extra)
             if result.skipped:
                 log.warning("skipped samples: %s", json.dumps(result.skipped))
-        distributed.barrier(dist)
+        process_group.barrier(dist)
         result.final_checkpoint = final
         return result
 
@@ -403,7 +406,7 @@ class Trainer:
         """Held-out flow loss at fixed draws and PSNR/SSIM of sampled upscales (rank 0; others wait), with the
         weights the export will hold (the EMA when it is on) and the t_aug validation samples with."""
         from .samples import Draw
-        from .validation import validate
+        from .held_out import validate
         if dist.active and self.cfg.training.sharding == "fsdp":
             if dist.main:
                 log.warning("validation is skipped under FSDP (the guider runs on an unsharded model)")
@@ -442,7 +445,7 @@ class Trainer:
                 swap_in(module, live)
                 module.train()
                 patcher.model.to(dist.device)  # ComfyUI's memory manager may have offloaded it
-        distributed.barrier(dist)
+        process_group.barrier(dist)
         return metrics
 
     @staticmethod
@@ -458,7 +461,7 @@ class Trainer:
         if not dist.active:
             return [digest]
         mine = torch.tensor(list(bytes.fromhex(digest)), dtype=torch.uint8, device=dist.device)
-        out = [bytes(t.cpu().tolist()).hex() for t in distributed.all_gather(dist, mine)]   # no pickled objects
+        out = [bytes(t.cpu().tolist()).hex() for t in process_group.all_gather(dist, mine)]   # no pickled objects
         if sharding == "ddp" and len(set(out)) != 1:
             raise RuntimeError(f"DDP ranks diverged: parameter digests {out}")
         return out

@@ -1,6 +1,6 @@
 """A tiny UMT5 text encoder built from ComfyUI's own T5 classes (test fixture, not part of the pack).
 
-ComfyUI's stock CLIPLoader builds umt5-xxl at its fixed full size (SPEC §5), so tests stand a tiny UMT5 in
+ComfyUI's stock CLIPLoader builds umt5-xxl at its fixed full size (docs/design.md §12), so tests stand a tiny UMT5 in
 its place: same classes (comfy.text_encoders.t5.T5, sd1_clip), same tokenizer class (SentencePiece), an output
 width of 4096 so it feeds an unmodified Wan text embedding. Weights, config and the SentencePiece model travel
 in one safetensors file (config in its metadata, the tokenizer as the ``spiece_model`` byte tensor, as

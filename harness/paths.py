@@ -2,7 +2,7 @@
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFY_DIR = os.environ.get("UNICASCADE_COMFYUI_DIR", os.path.join(REPO, ".build", "comfyui"))
 PYTHON = sys.executable
 
@@ -14,6 +14,18 @@ def use_comfy_in_process() -> None:
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
+
+
+def load_pack(sdpa: bool = False):
+    """ComfyUI importable here on the CPU, and the pack's module getter (``pack("nodes.tma_boost")``): the one way
+    benchmarks and scripts import the pack in-process. ``sdpa``: ComfyUI's PyTorch SDPA attention (its usual path
+    on a GPU) instead of what it picks for a CPU."""
+    use_comfy_in_process()
+    if sdpa:
+        import comfy.cli_args
+
+        comfy.cli_args.args.use_pytorch_cross_attention = True
+    return pack_module
 
 
 PACK_MODULE = "unicascade_pack"

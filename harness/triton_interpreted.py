@@ -9,8 +9,8 @@ import os
 import sys
 
 os.environ["TRITON_INTERPRET"] = "1"
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, TESTS)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 from harness.paths import pack_module, use_comfy_in_process  # noqa: E402
 

@@ -9,7 +9,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MFM = "MfM-tiny"                      # plain block layout
 MFM_SHIPPED = "MfM-Pipeline-2B"       # the name the shipped workflows use (the fixture carries the real name)
 MFM_CHUNKED = "MfM-tiny-chunked"      # num_block_chunks 2: transformer_blocks.<c>.module.<j>

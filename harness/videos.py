@@ -1,9 +1,9 @@
 """Video files for the VIDEO-input tests, written at test time with PyAV (which ComfyUI ships).
 
-``write_ac3_avi`` makes what Debian opencv-doc's ``Megamind.avi`` is (SPEC §7): an AVI with an MPEG-4 video stream
-and an AC3 audio stream whose first chunk starts inside an AC3 frame (Megamind's first audio chunk is 729 bytes,
-the others 768 = one AC3 frame at 192 kb/s). Every video frame decodes; ComfyUI 0.3.75's get_components() also
-decodes the audio and fails at that first chunk ("Invalid data found when processing input").
+``write_ac3_avi`` makes what Debian opencv-doc's ``Megamind.avi`` is (docs/design.md §12): an AVI with an MPEG-4 video
+stream and an AC3 audio stream whose first chunk starts inside an AC3 frame (Megamind's first audio chunk is
+729 bytes, the others 768 = one AC3 frame at 192 kb/s). Every video frame decodes; ComfyUI 0.3.75's
+get_components() also decodes the audio and fails at that first chunk ("Invalid data found when processing input").
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ def upscale(patcher, vae, sample, text_encoder, *, references: bool, steps: int,
 
     from ...core.unimmvsr.references import Reference
     from ...core.unimmvsr.reference_layout import ID_IMAGE, REFERENCE_VIDEO
-    from ...nodes.unimmvsr_upsampler import LRCondition, vae_factors
+    from ...core.unimmvsr.lr_condition import LRCondition, vae_factors
     from ...samplers.unimmvsr_guider import UniMMVSRGuider
     from ...samplers.unimmvsr_model import config_of
 

@@ -1,6 +1,6 @@
 """The real ComfyUI frontend in headless Debian chromium, driven by Playwright (never a browser download).
 
-Launch flags follow the machine notes (SPEC §5): no sandbox (root), no GPU, no background networking (the
+Launch flags follow the machine notes (docs/design.md §12): no sandbox (root), no GPU, no background networking (the
 network is closed), a fresh user-data directory per session.
 """
 from __future__ import annotations

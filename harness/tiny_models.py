@@ -15,7 +15,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-FIXTURE_NODES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixture_nodes")
+FIXTURE_NODES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixture_nodes")
 
 WAN21_T2V = "wan2.1_t2v_1.3B_fp16.safetensors"
 WAN21_I2V = "wan2.1_i2v_480p_14B_fp16.safetensors"
@@ -30,7 +30,8 @@ UNIMMVSR_TRUNCATED = "unimmvsr_truncated.safetensors"
 UNIMMVSR_WAN22 = "unimmvsr_wan2.2_5B.safetensors"          # from the 48-channel Wan 2.2 TI2V-layout parent
 UNIMMVSR_TRAINED = "unimmvsr_wan2.1_trained.safetensors"   # non-zero LR weights + augmentation embedding
 UNIMMVSR_SHIFT3 = "unimmvsr_wan2.1_shift3.safetensors"     # delta over WAN21_T2V asking for sampling shift 3.0
-UNIMMVSR_PLAIN_WAN = "plain_wan_in_unimmvsr_folder.safetensors"  # an MM-DiT that is neither Wan nor Flux: for "unsupported model" errors
+# an MM-DiT that is neither Wan nor Flux: for "unsupported model" errors
+UNIMMVSR_PLAIN_WAN = "plain_wan_in_unimmvsr_folder.safetensors"
 
 WAN_VARIANTS = {
     WAN21_T2V: dict(model_type="t2v", in_dim=16, out_dim=16),
@@ -110,8 +111,8 @@ def _sentencepiece_model(vocab_size: int = 64) -> bytes:
     lines = [" ".join(words[(i * 7) % len(words):] + words[:(i * 7) % len(words)]) for i in range(200)]
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
-                                             model_type="unigram", hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                             minloglevel=2)
+                                             model_type="unigram", hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2,
+                                             bos_id=-1, minloglevel=2)
     return model.getvalue()
 
 
@@ -168,7 +169,7 @@ def write_fixture_models(models_dir: str) -> dict[str, str]:
     return paths
 
 
-DEMO_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "demo",
+DEMO_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo",
                                "unimmvsr_demo_s2d.safetensors")
 
 
@@ -179,7 +180,7 @@ def write_unimmvsr_fixtures(models_dir: str, t2v_path: str, wan22_path: str) -> 
 
     from safetensors.torch import load_file
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from core.unimmvsr.checkpoint import init_from_t2v, to_delta
 
     folder = os.path.join(models_dir, "unimmvsr")
@@ -249,7 +250,7 @@ def write_example_inputs(input_dir: str) -> None:
 
 
 def write_demo_inputs(input_dir: str) -> None:
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                     "scripts"))
     try:
         import demo_unimmvsr

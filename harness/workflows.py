@@ -34,7 +34,7 @@ def load(path: str) -> dict:
 
 
 def for_tiny_models(workflow: dict) -> dict:
-    """The fixture files carry the real file names; only umt5-xxl's loader is swapped (SPEC §5: the stock
+    """The fixture files carry the real file names; only umt5-xxl's loader is swapped (docs/design.md §12: the stock
     CLIPLoader builds it at full size). The fixture loader takes the same widget values."""
     wf = copy.deepcopy(workflow)
     for node in wf["nodes"]:
