@@ -29,6 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "train_unimmvsr.py")
 GiB = 1024 ** 3
 WAN21_13B = dict(dim=1536, ffn_dim=8960, num_layers=30, num_heads=12, in_dim=16, out_dim=16)
+TINY = dict(dim=128, ffn_dim=256, num_layers=2, num_heads=1, in_dim=16, out_dim=16)   # gpu_suite --smoke
 PROMPT = "people ride bicycles along a city street"
 CONFIG = """# written by benchmarks/train_full_size.py
 [model]
@@ -71,7 +72,7 @@ tasks = {{ t2v = 1.0 }}
 
 
 # -- child processes ------------------------------------------------------------------------------------------------
-def write_workspace(root: str, rank: int) -> None:
+def write_workspace(root: str, rank: int, shape: dict = WAN21_13B) -> None:
     """Parent, VAE, text cache, manifest and config under ``root`` (run in its own process)."""
     sys.path.insert(0, REPO)
     from harness.paths import pack_module, use_comfy_in_process
@@ -86,7 +87,7 @@ def write_workspace(root: str, rank: int) -> None:
     torch.manual_seed(0)
     wan = WanModel(model_type="t2v", patch_size=(1, 2, 2), text_len=512, freq_dim=256, text_dim=4096,
                    window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6, device="meta",
-                   operations=torch.nn, **WAN21_13B)
+                   operations=torch.nn, **shape)
     sd = {}
     for name, p in wan.state_dict().items():       # fan-in scaled normal weights, unit gains, zero biases
         if name.endswith("modulation"):
@@ -209,10 +210,11 @@ def main() -> int:
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
     parser.add_argument("--keep", help="work in this folder and keep it (default: a temporary folder, deleted)")
     parser.add_argument("--write-workspace", help=argparse.SUPPRESS)
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)   # gpu_suite --smoke's workspace
     parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.write_workspace:
-        write_workspace(args.write_workspace, args.rank)
+        write_workspace(args.write_workspace, args.rank, TINY if args.tiny else WAN21_13B)
         return 0
     if args.baseline:
         baseline()

@@ -41,6 +41,11 @@ def test_smoke_run_goes_through_every_section(tmp_path):
     step = report["unimmvsr_step"]
     assert "error_message" not in step, step.get("traceback")
     assert step["seconds"] > 0 and step["latent"] == [1, 16, 2, 16, 24]
+    trainer = report["trainer_lora_step"]
+    assert "error_message" not in trainer, trainer.get("traceback")
+    assert len(trainer["seconds_per_step"]) == 2 and all(s > 0 for s in trainer["seconds_per_step"])
+    assert 0 < trainer["trainable"] < trainer["parameters"] and trainer["plan_gpu_gib"] > 0
+    assert "cuda_peak_gib" not in trainer   # logged on CUDA only
     mfm = report["mfm_2b_step"]
     assert "error_message" not in mfm, mfm.get("traceback")
     assert mfm["seconds"] > 0 and mfm["tokens"] == 2 * 4 * 4 and mfm["blocks"] == 2 and mfm["block_flops"] > 0

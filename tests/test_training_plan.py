@@ -322,6 +322,8 @@ def test_cli_plan_prints_the_numbers_and_warns(pack, workspace):
     assert not os.path.exists(workspace / "runs")            # nothing trained
 
 
+# the --plan path of test_cli_plan_prints_the_numbers_and_warns with a preset instead of a file
+@pytest.mark.host_repeat
 def test_cli_plan_with_a_preset_needs_no_files(pack, tmp_path):
     path = tmp_path / "nothing_exists.toml"
     path.write_text(CONFIG.format(training='sharding = "fsdp"', text_tokens=0))

@@ -112,6 +112,8 @@ def test_cli_run_losses_fall_and_the_checkpoint_runs_the_shipped_cascade(workspa
     assert any(r.get("event") == "unimmvsr" for r in comfy.trace.records())
 
 
+# the training path of test_cli_run_losses_fall…, stopped and resumed (state files are host-independent)
+@pytest.mark.host_repeat
 def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(workspace):
     root, config = workspace
     sets = ["--set", "training.ema_decay=0.9", "--set", 'data.validation_manifest=""',
@@ -198,6 +200,7 @@ def test_two_gloo_ranks_equal_one_rank_with_the_doubled_batch_and_fsdp_equals_dd
     assert len(moved) > 10
 
 
+@pytest.mark.host_repeat   # the CLI's data checks, host-independent; the host's part is the training step covered above
 def test_bad_items_are_skipped_counted_and_reported(tmp_path):
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
@@ -236,6 +239,7 @@ tasks = { t2v = 1.0 }
     assert any("lora_B" in k for k in trained) and all(v.abs().max() > 0 for k, v in trained.items() if "lora_B" in k)
 
 
+@pytest.mark.host_repeat   # config and manifest checks run before ComfyUI's model code is reached
 def test_config_and_manifest_errors_name_what_is_wrong(tmp_path):
     config = write_workspace(str(tmp_path), validation=False)
     bad = tmp_path / "bad.jsonl"

@@ -220,6 +220,8 @@ def one_process_reference(comfy, prefix: str, seed: int) -> torch.Tensor:
     return load_latent(comfy, prefix)
 
 
+# the pack's own sockets; the host's part (a pool sampling a prompt) is covered by the remote-pool test
+@pytest.mark.host_repeat
 def test_a_local_pool_listens_on_loopback_only_and_a_stranger_gets_nothing(comfy):
     log_start = len(comfy.log_text())
     comfy.trace.clear()
@@ -257,6 +259,7 @@ def test_a_local_pool_listens_on_loopback_only_and_a_stranger_gets_nothing(comfy
     assert torch.allclose(after, reference, atol=1e-5, rtol=1e-5), float((after - reference).abs().max())
 
 
+@pytest.mark.host_repeat   # the pool's release route on the path of test_the_pool_stays_resident…
 def test_release_during_a_prompt_waits_for_it_and_never_blocks(comfy):
     comfy.trace.clear()
     graph = cascade_graph(comfy, f"{comfy.prefix}_long", tile=TILE, unimmvsr=UNIMMVSR_TRAINED, steps=25,

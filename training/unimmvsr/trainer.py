@@ -364,8 +364,11 @@ class Trainer:
                     bar.set_postfix(loss=f"{mean_loss:.4f}", stage=stage.name,
                                     samples_s=f"{tr.batch_size / seconds:.2f}")
                     if step % tr.log_every == 0:
-                        self._log(writer, csv_file, step, {"loss": mean_loss, "samples_per_s": tr.batch_size / seconds,
-                                                           "stage": stage_index, "learning_rate": rate})
+                        logged = {"loss": mean_loss, "samples_per_s": tr.batch_size / seconds, "stage": stage_index,
+                                  "learning_rate": rate}
+                        if dist.device.type == "cuda":   # what this rank's device has held so far (against --plan)
+                            logged["cuda_peak_gib"] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
+                        self._log(writer, csv_file, step, logged)
                 info = {"skipped": result.skipped, "config": cfg.source, "data_sha256": data_hash}
                 if step % tr.save_every == 0 or step == total:
                     state.save(ckpt_dir, step, module, optimizer, ema, info, dist.main, tr.keep_last)
