@@ -242,6 +242,9 @@ def summarise(result: dict) -> tuple[dict, list[str]]:
               f"{'met' if t['refs_over_no_refs_met'] else 'MISSED'})",
               f"- wrong reference vs none: {wrong_gain:+.3f} dB (target: no gain beyond its interval: "
               f"{'met' if t['wrong_ref_gains_nothing'] else 'MISSED'})",
+              "- the committed checkpoint is the best of five runs of its recipe, picked on this very clip: these "
+              "figures are the top of the recipe's spread; its median run is in the README (\"A trained upscaler "
+              "you can see\")",
               "", "| crops whose LR had | crops | bicubic PSNR | no refs − bicubic → AE | refs − no refs |",
               "|---|---|---|---|---|"]
     lines += [f"| {name} | {g['crops']} | {g['bicubic_psnr']:.2f} | {g['no_refs_over_bicubic_vae_db']:+.2f} dB | "

@@ -300,7 +300,7 @@ def isolate(off: dict, pk: dict, vae_scale_official: float) -> list[dict]:
              "note": f"{[round(float(x), 6) for x in simple]}"}]
 
 
-def load_pack(fp32_text_encoder: bool = False):
+def load_parity_modules(fp32_text_encoder: bool = False):
     """The pack imported as ComfyUI imports it, ComfyUI in CPU mode. ``fp32_text_encoder`` sets ComfyUI's own
     ``--fp32-text-enc`` flag (ComfyUI keeps text encoders in float16 by default, on the CPU too)."""
     from harness.paths import pack_module, use_comfy_in_process
@@ -425,7 +425,7 @@ def run(args, work: str) -> None:
     """Write the folder under ``work``, run the tasks on both sides, print and save the comparison."""
     models = os.path.join(work, "models", "mfm")
     folder = os.path.join(models, PIPELINE_NAME)
-    pack = load_pack(args.fp32_text_enc)              # ComfyUI on sys.path, CPU mode, the pack imported
+    pack = load_parity_modules(args.fp32_text_enc)              # ComfyUI on sys.path, CPU mode, the pack imported
     from harness.paths import COMFY_DIR
     import folder_paths
 
