@@ -176,32 +176,29 @@ def trainer_lora_step(smoke: bool, workdir: str) -> dict:
     import subprocess
 
     import torch
-    from train_full_size import SCRIPT, step_seconds
+    from train_full_size import SCRIPT, logged, step_seconds
+
+    def run(what: str, *args: str) -> None:
+        done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{what} failed ({done.returncode}): {done.stderr[-3000:]}")
+
     root = os.path.join(workdir, "trainer")
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root)
-    subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "train_full_size.py"), "--write-workspace", root,
-                    "--rank", "16"] + (["--tiny"] if smoke else []), check=True, cwd=REPO, capture_output=True)
+    run("writing the workspace", os.path.join(REPO, "benchmarks", "train_full_size.py"), "--write-workspace", root,
+        "--rank", "16", *(["--tiny"] if smoke else []))
     config = os.path.join(root, "train.toml")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.perf_counter()
-    run = subprocess.run([sys.executable, SCRIPT, "--config", config, "--device", device], cwd=REPO,
-                         capture_output=True, text=True)
-    if run.returncode:
-        raise RuntimeError(f"the trainer failed ({run.returncode}): {run.stderr[-3000:]}")
+    run("the trainer", SCRIPT, "--config", config, "--device", device)
     wall = time.perf_counter() - started
     plan_json = os.path.join(root, "plan.json")
-    subprocess.run([sys.executable, SCRIPT, "--config", config, "--device", device, "--plan", "--plan-target", "gpu",
-                    "--plan-json", plan_json], check=True, cwd=REPO, capture_output=True)
+    run("the plan", SCRIPT, "--config", config, "--device", device, "--plan", "--plan-target", "gpu",
+        "--plan-json", plan_json)
     with open(plan_json, encoding="utf-8") as f:
         plan = json.load(f)
-    peaks = []
-    with open(os.path.join(root, "run", "metrics.csv"), encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            _, name, value = line.strip().split(",")
-            if name == "cuda_peak_gib":
-                peaks.append(float(value))
+    peaks = logged(os.path.join(root, "run"), "cuda_peak_gib")
     planned = plan["total"] / 2 ** 30
     out = {"parameters": plan["parameters"]["total"], "trainable": plan["parameters"]["trainable"],
            "tokens_per_sample": plan["shape"]["tokens"], "seconds_per_step": step_seconds(os.path.join(root, "run")),

@@ -194,15 +194,16 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def step_seconds(run_dir: str) -> list[float]:
-    out = []
+def logged(run_dir: str, metric: str) -> list[float]:
+    """One metric of a run's metrics.csv (step, name, value), in step order."""
     with open(os.path.join(run_dir, "metrics.csv"), encoding="utf-8") as f:
         next(f)
-        for line in f:
-            step, name, value = line.strip().split(",")
-            if name == "samples_per_s":
-                out.append(1.0 / float(value))      # batch_size 1
-    return out
+        rows = [line.strip().split(",") for line in f]
+    return [float(value) for _, name, value in rows if name == metric]
+
+
+def step_seconds(run_dir: str) -> list[float]:
+    return [1.0 / v for v in logged(run_dir, "samples_per_s")]      # batch_size 1
 
 
 def main() -> int:

@@ -107,7 +107,7 @@ class UniMMVSRGuider(comfy.samplers.CFGGuider):
     @property
     def copies(self) -> tuple:
         """The self-ensemble copies each step evaluates (((),) = the input alone)."""
-        return getattr(self.execution, "copies", ((),))
+        return self.execution.copies
 
     def with_execution(self, execution) -> "UniMMVSRGuider":
         """A copy of this guider whose windows run through ``execution`` (the cached input guider is untouched).
