@@ -1,9 +1,13 @@
 """Static check of every ComfyUI symbol the pack uses against a ComfyUI source tree.
 
-    python scripts/check_comfy_api.py --comfyui PATH [--json OUT]
+    python scripts/check_comfy_api.py --comfyui PATH [--json OUT] [--skeleton DIR]
 
 Reads the pack and the tree with ``ast`` only (the tree is never imported). Prints one row per symbol and exits 1
 when a module, name, keyword or argument the pack relies on is missing from the tree, 0 otherwise.
+
+``--skeleton DIR`` also writes the API skeleton of each host file the check read (``skeleton``): the check gives the
+same result on DIR as on the tree, so two releases' skeletons compare with ``diff -r`` and a tree that can only be
+read file by file can be checked from skeletons written by hand (docs/hosts.md).
 """
 import argparse
 import ast
@@ -635,6 +639,7 @@ class Host:
         self.root = os.path.abspath(root)
         self._mods = {}
         self._inst_attrs = {}
+        self.files_read = set()   # paths relative to root
 
     def module_file(self, name: str):
         base = os.path.join(self.root, *name.split("."))
@@ -657,6 +662,7 @@ class Host:
                 try:
                     with open(found[0], encoding="utf-8") as f:
                         info = ModInfo(name, found[0], ast.parse(f.read(), found[0]), found[1])
+                    self.files_read.add(os.path.relpath(found[0], self.root))
                 except (SyntaxError, UnicodeDecodeError, ValueError):
                     info = None
             self._mods[name] = info
@@ -665,6 +671,7 @@ class Host:
     def version(self) -> str:
         path = os.path.join(self.root, "comfyui_version.py")
         if os.path.isfile(path):
+            self.files_read.add("comfyui_version.py")
             with open(path, encoding="utf-8") as f:
                 for st in ast.parse(f.read()).body:
                     if isinstance(st, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__version__"
@@ -1209,7 +1216,65 @@ def check(pack_files, comfy_root: str, pack_root: str = None) -> dict:
         k += " (guarded)" if first.endswith("(guarded)") else ""
         counts[k] = counts.get(k, 0) + 1
     return {"comfyui": os.path.abspath(comfy_root), "version": host.version(), "pack_files": len(pack_files),
-            "symbols": rows, "counts": counts, "failing": sum(r["failing"] for r in rows)}
+            "symbols": rows, "counts": counts, "failing": sum(r["failing"] for r in rows),
+            "host_files": sorted(host.files_read)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Skeletons: a host file cut to what the check reads
+# ---------------------------------------------------------------------------------------------------------------
+
+def _stores_in(fn) -> list:
+    """What the check reads inside a function body, as statements: attribute stores on a plain name (right side
+    None unless it is a bare name), setattr(name, ...), argparse add_argument calls and annotated names."""
+    kept = []
+
+    def store(owner: str, attr: str, value) -> ast.stmt:
+        rhs = value if isinstance(value, ast.Name) else ast.Constant(None)
+        return ast.Assign(targets=[ast.Attribute(ast.Name(owner, ast.Load()), attr, ast.Store())], value=rhs)
+
+    def stored_attr(n) -> bool:
+        return isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store) and isinstance(n.value, ast.Name)
+
+    for node in ast.walk(fn):
+        if node is fn:
+            continue
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                kept += [store(n.value.id, n.attr, node.value) for n in ast.walk(target) if stored_attr(n)]
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                kept.append(ast.AnnAssign(target=node.target, annotation=ast.Name("object", ast.Load()),
+                                          value=ast.Constant(None), simple=1))
+        elif isinstance(node, (ast.For, ast.AsyncFor, ast.With, ast.AsyncWith)):
+            targets = [node.target] if isinstance(node, (ast.For, ast.AsyncFor)) else \
+                [i.optional_vars for i in node.items if i.optional_vars is not None]
+            kept += [store(n.value.id, n.attr, None) for t in targets for n in ast.walk(t) if stored_attr(n)]
+        elif is_builtin_call(node, "setattr") and len(node.args) >= 2 and isinstance(node.args[0], ast.Name):
+            kept.append(ast.Expr(ast.Call(ast.Name("setattr", ast.Load()),
+                                          [node.args[0], node.args[1], ast.Constant(None)], [])))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
+            kept.append(ast.Expr(node))
+    return kept or [ast.Expr(ast.Constant(...))]
+
+
+def skeleton(source: str) -> str:
+    """``source`` with every statement outside functions kept and every function body cut to ``_stores_in``:
+    imports, classes, signatures, decorators and module/class assignments stay exact."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, FUNCTIONS):
+            node.body = _stores_in(node)
+    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+
+
+def write_skeletons(comfy_root: str, files, out_dir: str) -> None:
+    for rel in files:
+        with open(os.path.join(comfy_root, rel), encoding="utf-8") as f:
+            text = skeleton(f.read())
+        path = os.path.join(out_dir, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
 
 
 def table(result: dict) -> str:
@@ -1235,6 +1300,7 @@ def main(argv=None) -> int:
     parser.add_argument("--comfyui", required=True, help="a ComfyUI source tree (the folder with nodes.py)")
     parser.add_argument("--json", help="write the full result here")
     parser.add_argument("--pack", default=REPO, help="the pack's root (default: this repository)")
+    parser.add_argument("--skeleton", metavar="DIR", help="write the API skeleton of every host file the check read")
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.comfyui, "nodes.py")):
         parser.error(f"{args.comfyui} is not a ComfyUI tree (no nodes.py)")
@@ -1243,6 +1309,9 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)
+    if args.skeleton:
+        write_skeletons(args.comfyui, result["host_files"], args.skeleton)
+        print(f"skeletons of {len(result['host_files'])} host files in {args.skeleton}")
     return 1 if result["failing"] else 0
 
 

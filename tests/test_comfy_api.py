@@ -157,3 +157,63 @@ def test_cli_exit_code_and_json(tmp_path):
             pass
     """)
     assert checker.main(["--comfyui", tree, "--pack", pack]) == 0
+
+
+def comparable(result):
+    return {r["symbol"]: (r["status"], r["detail"], r["failing"], r["calls"]) for r in result["symbols"]}
+
+
+def test_skeletons_keep_what_the_check_reads(tmp_path):
+    """A skeleton cuts function bodies but keeps signatures, imports, class attributes and instance stores: the check
+    reports the same rows on it, the two failures included, and the bodies are really gone."""
+    checker = load_checker()
+    tree, pack, skel = str(tmp_path / "comfyui"), str(tmp_path / "pack"), str(tmp_path / "skeleton")
+    fake_tree(tree)
+    write(tree, "comfy/model_management.py", """
+        def load_models_gpu(models, memory_required=0):
+            total = sum(m.size for m in models)
+            return total
+
+        def get_torch_device():
+            pass
+
+        class LoadedModel:
+            def __init__(self, model):
+                self.model = model
+                self._cache = {}
+                self._cache["x"] = 1
+    """)
+    pack_file = write(pack, "nodes/fake.py", PACK_FILE + """
+
+    def loaded(model):
+        return comfy.model_management.LoadedModel(model).model, comfy.model_management.LoadedModel(model).missing
+    """)
+    full = checker.check(pack_files=[pack_file], comfy_root=tree, pack_root=pack)
+    checker.write_skeletons(tree, full["host_files"], skel)
+    cut = checker.check(pack_files=[pack_file], comfy_root=skel, pack_root=pack)
+    assert comparable(cut) == comparable(full) and cut["failing"] == full["failing"] == 3
+    rows = comparable(cut)
+    assert rows["comfy.model_management.LoadedModel().model"][0] == "ok"
+    assert rows["comfy.model_management.LoadedModel().missing"][0].startswith("missing name")
+    text = open(os.path.join(skel, "comfy/model_management.py"), encoding="utf-8").read()
+    assert "sum(" not in text and "self.model = model" in text and "self._cache = None" in text
+    assert "_cache[" not in text
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(COMFY_DIR, "nodes.py")), reason="no ComfyUI tree built")
+def test_skeletons_of_the_test_tree_give_the_same_result(tmp_path):
+    skel = tmp_path / "skeleton"
+    full_json, cut_json = tmp_path / "full.json", tmp_path / "cut.json"
+    proc = subprocess.run([sys.executable, SCRIPT, "--comfyui", COMFY_DIR, "--json", str(full_json),
+                           "--skeleton", str(skel)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    full = json.loads(full_json.read_text())
+    assert "comfy/ldm/wan/model.py" in full["host_files"] and "comfyui_version.py" in full["host_files"]
+    proc = subprocess.run([sys.executable, SCRIPT, "--comfyui", str(skel), "--json", str(cut_json)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    cut = json.loads(cut_json.read_text())
+    assert cut["version"] == full["version"] and cut["host_files"] == full["host_files"]
+    assert comparable(cut) == comparable(full)
+    size = lambda root: sum(os.path.getsize(os.path.join(root, f)) for f in full["host_files"])  # noqa: E731
+    assert size(str(skel)) < 0.5 * size(COMFY_DIR)
