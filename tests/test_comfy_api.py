@@ -163,6 +163,7 @@ def comparable(result):
     return {r["symbol"]: (r["status"], r["detail"], r["failing"], r["calls"]) for r in result["symbols"]}
 
 
+@pytest.mark.host_independent  # a synthetic tree: never reads the test host
 def test_skeletons_keep_what_the_check_reads(tmp_path):
     """A skeleton cuts function bodies but keeps signatures, imports, class attributes and instance stores: the check
     reports the same rows on it, the two failures included, and the bodies are really gone."""
