@@ -266,51 +266,53 @@ def run_worker(*args):
     """``save FOLDER EXPECTED``: 3 AdamW steps with EMA, saved at step 3, and the full values written to EXPECTED;
     ``load FOLDER OUT``: a fresh model (other values) loads the latest step of FOLDER and writes its full values.
     Both may follow each other in one call. FSDP2 (as distributed.wrap shards) when torchrun started several ranks."""
-    from safetensors.torch import save_file
     sys.path.insert(0, REPO)
-    from training.unimmvsr import state
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
-    rank = torch.distributed.get_rank() if world > 1 else 0
+    from training.unimmvsr import process_group
+    dist = process_group.setup("cpu")
     try:
-        while args:
-            verb, folder, path, args = args[0], args[1], args[2], args[3:]
-            torch.manual_seed(0 if verb == "save" else 1)
-            module = Toy()
-            if world > 1:
-                from torch.distributed.fsdp import fully_shard
-                for block in module.wan.blocks:
-                    fully_shard(block)
-                fully_shard(module)
-            params = [p for p in module.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
-            ema = {n: p.detach().clone().float() for n, p in module.named_parameters() if p.requires_grad}
-            if verb == "save":
-                for step in range(3):
-                    g = torch.Generator().manual_seed(step)
-                    module(torch.randn(6, 3, generator=g)).pow(2).mean().backward()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    with torch.no_grad():
-                        for n, p in module.named_parameters():
-                            if n in ema:
-                                ema[n].lerp_(p.detach().float(), 0.1)
-                state.save(os.path.join(folder, "checkpoints"), 3, module, optimizer, ema, {"note": "toy"}, rank == 0)
-            else:
-                info = state.load(state.latest(os.path.join(folder, "checkpoints")), module, optimizer, ema)
-                assert info["step"] == 3 and info["note"] == "toy"
-            tensors, _, _ = state._collect(module, optimizer, ema)
-            values = {k: full(v) for k, v in tensors.items()}
-            assert module.wan.frozen.full_tensor().eq(1).all() if world > 1 else module.wan.frozen.eq(1).all()
-            if rank == 0:
-                save_file(values, path)
-            if verb == "load":  # the optimizer takes a step from the loaded state
-                module(torch.randn(6, 3)).pow(2).mean().backward()
-                optimizer.step()
-    finally:
+        _save_and_load(dist.rank, dist.world_size, args)
+    finally:  # as the trainer leaves: the FSDP modules of _save_and_load are collected before the group goes
+        process_group.teardown(dist)
+
+
+def _save_and_load(rank, world, args):
+    from safetensors.torch import save_file
+
+    from training.unimmvsr import state
+    while args:
+        verb, folder, path, args = args[0], args[1], args[2], args[3:]
+        torch.manual_seed(0 if verb == "save" else 1)
+        module = Toy()
         if world > 1:
-            torch.distributed.destroy_process_group()
+            from torch.distributed.fsdp import fully_shard
+            for block in module.wan.blocks:
+                fully_shard(block)
+            fully_shard(module)
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+        ema = {n: p.detach().clone().float() for n, p in module.named_parameters() if p.requires_grad}
+        if verb == "save":
+            for step in range(3):
+                g = torch.Generator().manual_seed(step)
+                module(torch.randn(6, 3, generator=g)).pow(2).mean().backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    for n, p in module.named_parameters():
+                        if n in ema:
+                            ema[n].lerp_(p.detach().float(), 0.1)
+            state.save(os.path.join(folder, "checkpoints"), 3, module, optimizer, ema, {"note": "toy"}, rank == 0)
+        else:
+            info = state.load(state.latest(os.path.join(folder, "checkpoints")), module, optimizer, ema)
+            assert info["step"] == 3 and info["note"] == "toy"
+        tensors, _, _ = state._collect(module, optimizer, ema)
+        values = {k: full(v) for k, v in tensors.items()}
+        assert module.wan.frozen.full_tensor().eq(1).all() if world > 1 else module.wan.frozen.eq(1).all()
+        if rank == 0:
+            save_file(values, path)
+        if verb == "load":  # the optimizer takes a step from the loaded state
+            module(torch.randn(6, 3)).pow(2).mean().backward()
+            optimizer.step()
 
 
 if __name__ == "__main__":
